@@ -1,0 +1,1 @@
+hashring_py.py

@@ -1,0 +1,279 @@
+"""Rules that relate fields to each other, run once after the generic walk of ``load.py``.
+
+This module owns the problem bookkeeping of a load (``Findings``: problems, which keys the file
+gave, where each list item came from) and every check that needs more than one field: files that
+must exist when a feature is on, one JWT key source, HS* secrets, ``gateway.routing`` agreeing
+with ``routing``, unique instances and routes, endpoint names and the default tier.
+
+Each check first asks ``Findings.tainted`` whether a field it reads already failed: a failed field
+holds its default, and a complaint about that default would only be noise. List items that failed
+are dropped by the walk, so checks name items by ``Findings.paths_of`` (their place in the file),
+never by their position in the tuple, and a check that needs every item asks
+``Findings.partial`` first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+from fastgw.config.model import (
+    GatewayConfig,
+    GatewayRoutingConfig,
+    JwtConfig,
+    RateLimitsConfig,
+    RouteConfig,
+    RoutingConfig,
+    SecurityConfig,
+)
+from fastgw.config.units import format_duration
+from fastgw.errors import Problem
+
+_SIMPLE_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_HS_MIN_SECRET_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}
+
+
+class Invalid(enum.Enum):
+    """The type of ``INVALID``: a value that failed its rules (already reported)."""
+
+    INVALID = "INVALID"
+
+
+INVALID: Final = Invalid.INVALID
+
+
+def join(path: str, key: str) -> str:
+    """``$.a`` + ``b`` → ``$.a.b``; keys that are not simple names are quoted: ``$.a["b c"]``."""
+    return f"{path}.{key}" if _SIMPLE_KEY.fullmatch(key) else f"{path}[{json.dumps(key)}]"
+
+
+def suggest(word: str, choices: Sequence[str], listing: str | None = None) -> str:
+    """`` (did you mean 'x'?)``, else `` (<listing>: a, b)`` when ``listing`` is given."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    if listing and choices:
+        return f" ({listing}: {', '.join(choices)})"
+    return ""
+
+
+@dataclasses.dataclass(slots=True)
+class Findings:
+    """What one load found: problems in order, keys the file gave, paths of kept list items."""
+
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+    given: set[str] = dataclasses.field(default_factory=set)
+    item_paths: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    incomplete: set[str] = dataclasses.field(default_factory=set)
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def tainted(self, *paths: str) -> bool:
+        """Whether a problem was found at or under any of ``paths``."""
+        prefixes = tuple(p + sep for p in paths for sep in (".", "["))
+        return any(p.path in paths or p.path.startswith(prefixes) for p in self.problems)
+
+    def partial(self, path: str) -> bool:
+        """Whether the list or mapping at ``path`` failed, or lost an item that failed."""
+        return path in self.incomplete or any(p.path == path for p in self.problems)
+
+    def paths_of(self, list_path: str, count: int) -> tuple[str, ...]:
+        """The file paths of the items kept in the list at ``list_path``."""
+        return self.item_paths.get(list_path) or tuple(f"{list_path}[{i}]" for i in range(count))
+
+
+def check_config(found: Findings, values: dict[str, Any]) -> dict[str, Any]:
+    """Run every cross-field rule on the walked top-level values; returns them, reconciled."""
+    gateway: GatewayConfig = values["gateway"]
+    _check_server(found, gateway)
+    _check_jwt(found, gateway.authentication.jwt)
+    _check_observability(found, gateway)
+    _check_security(found, gateway.security)
+    routing = values["routing"]
+    if isinstance(routing, RoutingConfig):
+        routing = _reconcile_routing(found, gateway.routing, routing)
+        _check_instances(found, routing)
+    _check_routes(found, values["routes"])
+    _check_rate_limits(found, values["rate_limits"], values["routes"])
+    return {**values, "routing": routing}
+
+
+def _check_readable(found: Findings, path: str, file: str) -> None:
+    if not os.path.exists(file):
+        found.add(path, f"file not found: {file}")
+    elif not os.path.isfile(file):
+        found.add(path, f"not a regular file: {file}")
+    else:
+        try:
+            with open(file, "rb"):
+                pass
+        except OSError as exc:
+            found.add(path, f"cannot read {file}: {exc.strerror or exc}")
+
+
+def _check_server(found: Findings, gateway: GatewayConfig) -> None:
+    tls, path = gateway.server.tls, "$.gateway.server.tls"
+    if not tls.enabled:
+        return
+    for key in ("cert_file", "key_file"):
+        file: str | None = getattr(tls, key)
+        if found.tainted(f"{path}.{key}"):
+            continue
+        if file is None:
+            found.add(f"{path}.{key}", "required when tls.enabled is true")
+        else:
+            _check_readable(found, f"{path}.{key}", file)
+
+
+def _check_jwt(found: Findings, jwt: JwtConfig) -> None:
+    path = "$.gateway.authentication.jwt"
+    sources = [
+        key for key in ("public_key_file", "jwks_file", "jwks_url") if getattr(jwt, key) is not None
+    ]
+    for extra in sources[1:]:
+        found.add(f"{path}.{extra}", f"only one key source may be set, but {path}.{sources[0]} "
+                                     "is set too")
+    for key in ("public_key_file", "jwks_file"):
+        file: str | None = getattr(jwt, key)
+        if file is not None:
+            _check_readable(found, f"{path}.{key}", file)
+    if found.tainted(f"{path}.algorithm", f"{path}.hs_secret"):
+        return
+    hs = [alg for alg in jwt.algorithms if alg in _HS_MIN_SECRET_BYTES]
+    public = [alg for alg in jwt.algorithms if alg not in _HS_MIN_SECRET_BYTES]
+    secret = jwt.hs_secret or None
+    if hs and public:
+        mixed = f"{', '.join(hs)} cannot be mixed with {', '.join(public)}"
+        found.add(f"{path}.algorithm", f"{mixed}: a public key must never serve as an HMAC secret")
+    if not hs:
+        if secret is not None:
+            found.add(f"{path}.hs_secret", "set, but algorithm allows no HS* algorithm")
+        return
+    need = max(_HS_MIN_SECRET_BYTES[alg] for alg in hs)
+    if secret is None:
+        found.add(f"{path}.hs_secret", f"required when algorithm includes {hs[0]}")
+    elif len(secret.encode()) < need:
+        found.add(f"{path}.hs_secret",
+                  f"too short: {', '.join(hs)} needs at least {need} bytes, got "
+                  f"{len(secret.encode())}")
+    if sources and not public:
+        found.add(f"{path}.{sources[0]}", "key sources verify public-key algorithms, but "
+                  "algorithm allows only HS* (which use hs_secret)")
+
+
+def _check_observability(found: Findings, gateway: GatewayConfig) -> None:
+    obs, path = gateway.observability, "$.gateway.observability"
+    tracing = obs.tracing
+    if tracing.enabled and tracing.endpoint is None and not found.tainted(f"{path}.tracing"):
+        found.add(f"{path}.tracing.endpoint", "required when tracing.enabled is true")
+    port = "$.gateway.server.port"
+    metrics = obs.metrics
+    clash = metrics.enabled and metrics.port == gateway.server.port
+    if clash and not found.tainted(f"{path}.metrics.port", port):
+        found.add(f"{path}.metrics.port", f"{metrics.port} is {port} too; metrics need a port "
+                  "of their own")
+
+
+def _check_security(found: Findings, security: SecurityConfig) -> None:
+    path = "$.gateway.security"
+    cors = security.cors
+    if cors.allow_credentials and "*" in cors.allow_origins:
+        found.add(f"{path}.cors.allow_credentials",
+                  "cannot be true when allow_origins contains '*' (browsers refuse it)")
+    if cors.enabled and not cors.allow_origins and not found.tainted(f"{path}.cors"):
+        found.add(f"{path}.cors.allow_origins", "must not be empty when cors.enabled is true")
+    seen: dict[str, str] = {}
+    for name in security.response_headers:
+        here = join(f"{path}.response_headers", name)
+        if name.lower() in seen:
+            found.add(here, f"same header as {seen[name.lower()]} (names ignore case)")
+        seen.setdefault(name.lower(), here)
+
+
+def _reconcile_routing(
+    found: Findings, mine: GatewayRoutingConfig, routing: RoutingConfig
+) -> RoutingConfig:
+    """``gateway.routing`` may repeat two keys of ``routing``: equal, or adopted if absent."""
+    pairs = (
+        ("strategy", "strategy", lambda v: f"'{v}'"),
+        ("health_check_interval_s", "health_check_interval", format_duration),
+    )
+    for name, key, show in pairs:
+        value, theirs = getattr(mine, name), getattr(routing, name)
+        here, there = f"$.gateway.routing.{key}", f"$.routing.{key}"
+        if value is None or found.tainted(here, there):
+            continue
+        if there not in found.given:
+            routing = dataclasses.replace(routing, **{name: value})
+        elif value != theirs and not (isinstance(value, float) and math.isclose(value, theirs)):
+            found.add(here, f"{show(value)} disagrees with {there} {show(theirs)}")
+    return routing
+
+
+def _check_instances(found: Findings, routing: RoutingConfig) -> None:
+    path = "$.routing.metald_instances"
+    instances = routing.metald_instances
+    seen: dict[tuple[str, int], str] = {}
+    for instance, here in zip(instances, found.paths_of(path, len(instances)), strict=True):
+        address = (instance.host.lower(), instance.port)
+        if address in seen:
+            found.add(here, f"duplicate of {seen[address]} ({instance.host}:{instance.port})")
+        seen.setdefault(address, here)
+    if instances and all(i.weight == 0 for i in instances) and not found.partial(path):
+        found.add(path, "every instance has weight 0, so none would get traffic")
+
+
+def _check_routes(found: Findings, routes: tuple[RouteConfig, ...]) -> None:
+    by_path: dict[tuple[str, str], list[tuple[RouteConfig, str]]] = {}
+    for route, here in zip(routes, found.paths_of("$.routes", len(routes)), strict=True):
+        if route.auth == "none" and route.permissions:
+            found.add(f"{here}.permissions", "needs auth: required (an anonymous request has no "
+                                             "permissions)")
+        if found.tainted(f"{here}.path", f"{here}.path_prefix"):
+            continue
+        if route.path is not None and route.path_prefix is not None:
+            found.add(f"{here}.path_prefix", "set either path or path_prefix, not both")
+            continue
+        if route.path is None and route.path_prefix is None:
+            found.add(here, "one of path or path_prefix is required")
+            continue
+        target = ("path", route.path) if route.path else ("path_prefix", route.path_prefix or "")
+        for other, there in by_path.get(target, []):
+            # No methods means any method, so it overlaps with every method of the other route.
+            mine, theirs = set(route.methods), set(other.methods)
+            shared = mine & theirs if mine and theirs else mine | theirs
+            if shared or not (mine and theirs):
+                methods = ", ".join(sorted(shared)) or "any method"
+                found.add(here, f"same {target[0]} {target[1]} and method ({methods}) as {there}")
+                break
+        by_path.setdefault(target, []).append((route, here))
+
+
+def _check_rate_limits(
+    found: Findings, limits: RateLimitsConfig, routes: tuple[RouteConfig, ...]
+) -> None:
+    path = "$.rate_limits"
+    tiers = list(limits.customer_tiers)
+    unknown_tier = limits.default_tier not in limits.customer_tiers
+    tiers_known = not found.partial(f"{path}.customer_tiers")
+    if unknown_tier and tiers_known and not found.tainted(f"{path}.default_tier"):
+        found.add(f"{path}.default_tier", f"'{limits.default_tier}' is not in "
+                  f"{path}.customer_tiers" + suggest(limits.default_tier, tiers, "tiers"))
+    if not found.partial("$.routes"):
+        endpoints = sorted({route.endpoint for route in routes})
+        for name in limits.endpoints:
+            if name not in endpoints:
+                found.add(join(f"{path}.endpoints", name),
+                          f"no route has endpoint '{name}'" + suggest(name, endpoints))
+    top = limits.global_limit
+    lone_burst = top.burst_size is not None and top.requests_per_second is None
+    if lone_burst and not found.tainted(f"{path}.global.requests_per_second"):
+        found.add(f"{path}.global.burst_size", "needs requests_per_second")

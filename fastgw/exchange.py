@@ -1,0 +1,158 @@
+"""One request/response exchange, and the legal moves of its state machine.
+
+Theory. A client connection parses requests in order and answers them in the same order
+(HTTP/1.1 pipelining). Each parsed request becomes an ``Exchange`` that moves through:
+
+    HEAD ──headers ok──▶ QUEUED ──its turn──▶ IN_CHAIN ──stage PAUSE──▶ PAUSED ─┐
+      │                    │                     │  ▲                              │
+      │                    │                     │  └──────────resume()────────────┘
+      │                    │                     ├──RESPOND────────────────────▶ DONE
+      │                    │                     └──forward────▶ PROXYING ─────▶ DONE
+      └──bad framing──▶ QUEUED (with a reply: answered in turn, never forwarded)
+
+and ABORTED from any state when the client goes away. Rule: this file owns the moves; the I/O
+shell (``http/downstream.py``, ``http/upstream.py``) asks for them through ``move()``, which in
+debug builds (``FASTGW_DEBUG=1``) asserts every move against ``NEXT_STATE``.
+
+An Exchange is created per request and carries only values: no sockets, no config objects.
+Stages read and write its fields; the connection that owns it does the writing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from fastgw._speedups import RequestHead
+    from fastgw.http.downstream import DownstreamProtocol
+    from fastgw.http.upstream import UpstreamProtocol
+    from fastgw.plan import RoutePlan
+    from fastgw.replies import ErrorReply
+
+HEAD: Final = 0
+QUEUED: Final = 1
+IN_CHAIN: Final = 2
+PAUSED: Final = 3
+PROXYING: Final = 4
+DONE: Final = 5
+ABORTED: Final = 6
+
+STATE_NAMES: Final = ("HEAD", "QUEUED", "IN_CHAIN", "PAUSED", "PROXYING", "DONE", "ABORTED")
+
+NEXT_STATE: Final[frozenset[tuple[int, int]]] = frozenset(
+    {
+        (HEAD, QUEUED),
+        (QUEUED, IN_CHAIN),
+        (QUEUED, DONE),  # a framing error answered in turn
+        (IN_CHAIN, PAUSED),
+        (IN_CHAIN, PROXYING),
+        (IN_CHAIN, DONE),
+        (PAUSED, IN_CHAIN),
+        (PAUSED, PROXYING),
+        (PAUSED, DONE),
+        (PROXYING, PROXYING),  # a retry on another instance
+        (PROXYING, DONE),
+    }
+    | {(state, ABORTED) for state in range(ABORTED)}
+)
+
+DEBUG: Final = os.environ.get("FASTGW_DEBUG", "") not in ("", "0")
+
+
+class Exchange:
+    __slots__ = (
+        "attempt",
+        "body_bytes",
+        "body_done",
+        "body_pending",
+        "body_pending_bytes",
+        "candidates",
+        "chunked_out",
+        "close_after",
+        "conn",
+        "continue_sent",
+        "customer_headers",
+        "customer_id",
+        "head",
+        "http_minor",
+        "keep_alive",
+        "local_body",
+        "local_status",
+        "method",
+        "path",
+        "permissions",
+        "pool",
+        "query",
+        "reply",
+        "request_id",
+        "response_started",
+        "route",
+        "started_s",
+        "state",
+        "status",
+        "step",
+        "target",
+        "tier",
+        "upstream",
+    )
+
+    def __init__(self, conn: DownstreamProtocol, started_s: float) -> None:
+        self.conn = conn
+        self.started_s = started_s
+        self.state = HEAD
+        self.method = b""
+        self.target = b""
+        self.path = b""
+        self.query = b""
+        self.http_minor = 1
+        self.keep_alive = True
+        self.head: RequestHead | None = None
+        self.request_id = b""
+        self.route: RoutePlan | None = None
+        self.step = 0
+        # Customer context, set by the auth stage.
+        self.customer_id: bytes | None = None
+        self.tier: bytes | None = None
+        self.permissions: frozenset[bytes] | None = None  # None = every permission (dev tokens)
+        self.pool: bytes | None = None
+        self.customer_headers = b""  # X-Customer-* lines for the backend, built by auth
+        # Request body bookkeeping.
+        self.body_pending: list[bytes] = []
+        self.body_pending_bytes = 0
+        self.body_bytes = 0
+        self.body_done = False
+        self.continue_sent = False
+        # Upstream.
+        self.upstream: UpstreamProtocol | None = None
+        self.candidates: tuple[int, ...] = ()
+        self.attempt = 0
+        # Response.
+        self.reply: ErrorReply | None = None
+        self.local_status = 0
+        self.local_body = b""
+        self.status = 0
+        self.response_started = False
+        self.chunked_out = False
+        self.close_after = False
+
+    def move(self, new_state: int) -> None:
+        if DEBUG and (self.state, new_state) not in NEXT_STATE:
+            raise AssertionError(
+                f"illegal exchange move {STATE_NAMES[self.state]} -> {STATE_NAMES[new_state]}"
+            )
+        self.state = new_state
+
+    def respond_local(self, status: int, body: bytes) -> None:
+        """A stage answers with a JSON body of its own (health endpoints)."""
+        self.local_status = status
+        self.local_body = body
+
+    def resume(self) -> None:
+        """Continue the chain after a PAUSE. A stage that returned PAUSE calls this exactly
+        once; resuming twice would run later stages twice, so the state is checked."""
+        if self.state != PAUSED:
+            if self.state == ABORTED:
+                return  # the client left while we waited: nothing to continue
+            raise AssertionError(f"resume() in state {STATE_NAMES[self.state]}")
+        self.conn.run_exchange(self)

@@ -1,0 +1,630 @@
+"""One client connection: parse requests, run their chains in order, write the answers.
+
+Theory.
+- ``asyncio.BufferedProtocol`` reads into one buffer shared by every connection of the worker:
+  httptools copies what it hands us, so the buffer never outlives ``buffer_updated`` and an
+  idle keep-alive connection costs no buffer at all.
+- Parsing only records: heads are validated and queued in the parser callbacks, and their
+  chains run after ``feed_data`` returns. So when one read holds a head followed by a bad
+  chunk, the whole request is rejected before anything was sent to a backend.
+- Requests are answered strictly in order (HTTP/1.1 pipelining). One exchange is ``active``;
+  later ones wait in ``_queue`` (bounded: reading pauses when it is full).
+- A framing or limit error becomes an exchange carrying its reply, queued like any other, so
+  earlier pipelined requests are answered first; then the connection closes and reading stops.
+- Reading is paused for several independent reasons (bit flags); it resumes only when none is
+  left. The client's write buffer pauses the backend's reading and the backend's write buffer
+  pauses ours: backpressure is coupled both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+
+from fastgw._speedups import HeaderError, scan_request_head
+from fastgw.exchange import ABORTED, DONE, IN_CHAIN, QUEUED, Exchange
+from fastgw.http.deadline import Deadline
+from fastgw.http.pool import set_nodelay
+from fastgw.limits import BODY_BUFFER_HIGH_WATER_BYTES, MAX_PIPELINED_REQUESTS, MAX_TRAILER_FIELDS
+from fastgw.pipeline import RESPOND, run_chain
+from fastgw.replies import (
+    CONNECTION_CLOSE,
+    CONNECTION_KEEP_ALIVE,
+    ErrorReply,
+    json_reply,
+    status_line,
+)
+
+if TYPE_CHECKING:
+    from fastgw._speedups import ResponseHead
+    from fastgw.worker_context import WorkerContext
+
+# Why reading is paused (bit flags).
+PAUSED_PIPELINE: Final = 1
+PAUSED_BODY_BUFFER: Final = 2
+PAUSED_UPSTREAM: Final = 4
+PAUSED_STOPPED: Final = 8  # no more requests will be read on this connection
+
+# What the client-side deadline is waiting for.
+WAIT_HEAD: Final = 1
+WAIT_BODY: Final = 2
+WAIT_IDLE: Final = 3
+WAIT_WRITE: Final = 4
+
+CHUNK_END: Final = b"0\r\n\r\n"
+CRLF: Final = b"\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+TE_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
+
+# Trailer fields that would change framing, routing or identity if anyone merged them.
+FORBIDDEN_TRAILERS: Final = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"authorization",
+        b"cookie",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"trailer",
+        b"te",
+        b"connection",
+        b"keep-alive",
+        b"upgrade",
+        b"expect",
+        b"x-request-id",
+        b"traceparent",
+        b"proxy-authorization",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+    }
+)
+
+
+class RejectRequest(Exception):
+    """Raised inside a parser callback to stop parsing; carries the reply to send."""
+
+    def __init__(self, reply: ErrorReply) -> None:
+        super().__init__(reply.spec.code)
+        self.reply = reply
+
+
+class DownstreamProtocol(asyncio.BufferedProtocol):
+    __slots__ = (
+        "_active",
+        "_ctx",
+        "_deadline",
+        "_fields",
+        "_head_bytes",
+        "_in_head",
+        "_parser",
+        "_parsing",
+        "_pumping",
+        "_queue",
+        "_read_paused",
+        "_stopped",
+        "_trailer_count",
+        "_url",
+        "_write_paused",
+        "peer",
+        "transport",
+    )
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self._ctx = ctx
+        self._parser = httptools.HttpRequestParser(self)
+        self._parsing: Exchange | None = None
+        self._active: Exchange | None = None
+        self._queue: deque[Exchange] = deque()
+        self._fields: list[bytes] = []
+        self._url = b""
+        self._head_bytes = 0
+        self._in_head = False
+        self._trailer_count = 0
+        self._read_paused = 0
+        self._write_paused = False
+        self._stopped = False
+        self._pumping = False
+        self._deadline = Deadline(ctx.loop, self._on_deadline)
+        self.transport: asyncio.Transport | None = None
+        self.peer = b""
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        ctx = self._ctx
+        if not ctx.admit(self):
+            transport.writelines(ctx.plan.overloaded_reply(ctx.date.get()))
+            transport.close()
+            self._stopped = True
+            return
+        set_nodelay(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0].encode("ascii") if isinstance(peer, tuple) else b"unix"
+        self._deadline.set(WAIT_HEAD, ctx.plan.settings.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ctx.release(self)
+        self._deadline.cancel()
+        self._stopped = True
+        for ex in (self._active, self._parsing, *self._queue):
+            if ex is not None and ex.state != DONE:
+                ex.move(ABORTED)
+                upstream = ex.upstream
+                if upstream is not None:
+                    ex.upstream = None
+                    upstream.abort()
+        self._active = None
+        self._parsing = None
+        self._queue.clear()
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self._ctx.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._stopped:
+            return  # after an error or a final request: the rest is ignored, never parsed
+        try:
+            self._parser.feed_data(memoryview(self._ctx.read_buffer)[:nbytes])
+        except httptools.HttpParserCallbackError as error:
+            cause = error.__context__
+            if isinstance(cause, RejectRequest):
+                self._reject(cause.reply)
+            elif isinstance(cause, HeaderError):
+                self._reject(self._ctx.plan.bad_request(cause.reason))
+            else:
+                self._reject(self._ctx.plan.replies.bad_request)
+        except httptools.HttpParserUpgrade:
+            self._reject(self._ctx.plan.bad_request("protocol upgrade is not supported"))
+        except httptools.HttpParserError as error:
+            self._on_parser_error(error)
+        else:
+            if self._in_head:
+                # A head still incomplete after this read: bound what it may grow to, since
+                # httptools keeps a partial field in memory until it ends.
+                self._head_bytes += nbytes
+                if self._head_bytes > self._ctx.plan.settings.max_head_bytes:
+                    self._reject(self._ctx.plan.replies.headers_too_large)
+        if self._active is None and self._queue:
+            self._pump()
+
+    def eof_received(self) -> bool:
+        # The client closed its side. As nginx does, a client that stops sending is taken to
+        # have given up: in-flight exchanges are aborted (their backend connections too, so a
+        # backend stops working for nobody) rather than answered into a half-closed socket.
+        self._stop_reading()
+        return False
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        ex = self._active
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.pause_reading()
+        self._deadline.set(WAIT_WRITE, self._ctx.plan.settings.write_timeout_s)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        ex = self._active
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.resume_reading()
+        if self._deadline.kind == WAIT_WRITE:
+            self._deadline.clear()
+
+    # -- httptools callbacks (recording only: chains run after feed_data) -----------------
+
+    def on_message_begin(self) -> None:
+        ctx = self._ctx
+        self._parsing = Exchange(self, ctx.loop.time())
+        self._fields = []
+        self._url = b""
+        self._head_bytes = 0
+        self._trailer_count = 0
+        self._in_head = True
+        if self._deadline.kind != WAIT_HEAD:
+            self._deadline.set(WAIT_HEAD, ctx.plan.settings.header_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._ctx.plan.settings.max_url_bytes:
+            raise RejectRequest(self._ctx.plan.replies.uri_too_long)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            self._on_trailer(name)
+            return
+        fields = self._fields
+        fields.append(name)
+        fields.append(value)
+        settings = self._ctx.plan.settings
+        if len(fields) > settings.max_header_fields2:
+            raise RejectRequest(self._ctx.plan.replies.headers_too_large)
+
+    def _on_trailer(self, name: bytes) -> None:
+        self._trailer_count += 1
+        if self._trailer_count > MAX_TRAILER_FIELDS or name.lower() in FORBIDDEN_TRAILERS:
+            raise RejectRequest(self._ctx.plan.bad_request("forbidden trailer field"))
+        # Other trailer fields are dropped: the backend gets a body without trailers.
+
+    def on_headers_complete(self) -> None:
+        ex = self._parsing
+        assert ex is not None
+        self._in_head = False
+        plan = self._ctx.plan
+        settings = plan.settings
+        parser = self._parser
+        fields = self._fields
+        head_bytes = len(self._url) + sum(map(len, fields)) + 2 * len(fields)
+        if head_bytes > settings.max_head_bytes:
+            raise RejectRequest(plan.replies.headers_too_large)
+        version = parser.get_http_version()
+        if version == "1.1":
+            ex.http_minor = 1
+        elif version == "1.0":
+            ex.http_minor = 0
+        else:
+            raise RejectRequest(plan.bad_request("unsupported HTTP version"))
+        head = scan_request_head(fields, plan.strip_request_fields)  # HeaderError → 400
+        if head.host is None and ex.http_minor == 1:
+            raise RejectRequest(plan.bad_request("missing Host header"))
+        url = self._url
+        if url[:1] != b"/":
+            raise RejectRequest(plan.bad_request("request target must be origin-form"))
+        query_at = url.find(b"?")
+        path = url if query_at < 0 else url[:query_at]
+        if plan.unsafe_path(path):
+            raise RejectRequest(plan.bad_request("path has dot-segments or escapes"))
+        if head.content_length > settings.max_body_bytes:
+            raise RejectRequest(plan.replies.payload_too_large)
+        ex.method = parser.get_method()
+        ex.target = url
+        ex.path = path
+        ex.query = b"" if query_at < 0 else url[query_at + 1 :]
+        ex.head = head
+        ex.keep_alive = parser.should_keep_alive() and not head.close
+        ex.request_id = self._ctx.ids.accept_or_new(head.request_id)
+        ex.body_done = head.content_length <= 0 and not head.chunked
+        if ex.body_done:
+            self._deadline.clear()
+        else:
+            self._deadline.set(WAIT_BODY, settings.read_timeout_s)
+        ex.move(QUEUED)
+        self._queue.append(ex)
+        if len(self._queue) > MAX_PIPELINED_REQUESTS:
+            self._pause_reading(PAUSED_PIPELINE)
+
+    # HOT PATH
+    def on_body(self, body: bytes) -> None:
+        ex = self._parsing
+        assert ex is not None
+        ex.body_bytes += len(body)
+        if ex.body_bytes > self._ctx.plan.settings.max_body_bytes:
+            raise RejectRequest(self._ctx.plan.replies.payload_too_large)
+        self._deadline.set(WAIT_BODY, self._ctx.plan.settings.read_timeout_s)
+        upstream = ex.upstream
+        if upstream is not None:
+            upstream.send_body(body)
+        elif ex.state not in (DONE, ABORTED):
+            ex.body_pending.append(body)
+            ex.body_pending_bytes += len(body)
+            if ex.body_pending_bytes > BODY_BUFFER_HIGH_WATER_BYTES:
+                self._pause_reading(PAUSED_BODY_BUFFER)
+
+    def on_message_complete(self) -> None:
+        ex = self._parsing
+        assert ex is not None
+        self._parsing = None
+        ex.body_done = True
+        if self._deadline.kind == WAIT_BODY:
+            self._deadline.clear()
+        upstream = ex.upstream
+        if upstream is not None:
+            upstream.send_body_end()
+        if not ex.keep_alive or self._ctx.draining:
+            # Nothing after a final request is read (llhttp would call it an error anyway).
+            self._stop_reading()
+
+    # -- running exchanges -------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Start queued exchanges while none is active."""
+        if self._pumping:
+            return  # re-entered through _finish: the loop below carries on
+        self._pumping = True
+        try:
+            self._pump_queue()
+        finally:
+            self._pumping = False
+
+    def _pump_queue(self) -> None:
+        queue = self._queue
+        while self._active is None and queue and self.transport is not None:
+            ex = queue.popleft()
+            self._active = ex
+            if self._read_paused & PAUSED_PIPELINE and len(queue) <= MAX_PIPELINED_REQUESTS:
+                self._resume_reading(PAUSED_PIPELINE)
+            if ex.reply is not None:
+                self._send_reply(ex)
+                continue
+            route = self._ctx.plan.router.match(ex.method, ex.path)
+            if route is None:
+                ex.reply = self._ctx.plan.replies.no_route
+                self._send_reply(ex)
+                continue
+            ex.route = route
+            self.run_exchange(ex)
+
+    # HOT PATH
+    def run_exchange(self, ex: Exchange) -> None:
+        """Run (or resume) ``ex``'s chain; write the reply if a stage answered."""
+        route = ex.route
+        assert route is not None
+        ex.move(IN_CHAIN)
+        if run_chain(ex, route.steps) == RESPOND:
+            self._send_reply(ex)
+        # PAUSE: a stage owns the exchange now (forward, or an async check that resumes it).
+
+    def _send_reply(self, ex: Exchange) -> None:
+        transport = self.transport
+        if transport is None or ex.state == ABORTED:
+            return
+        close = self._must_close_after(ex)
+        date = self._ctx.date.get()
+        reply = ex.reply
+        if reply is not None:
+            ex.status = reply.status
+            transport.writelines(reply.render(ex.request_id, date, close))
+        else:
+            ex.status = ex.local_status
+            transport.writelines(
+                json_reply(
+                    ex.local_status,
+                    ex.local_body,
+                    request_id=ex.request_id,
+                    date=date,
+                    common_headers=self._ctx.plan.common_headers,
+                    close=close,
+                    head_only=ex.method == b"HEAD",
+                )
+            )
+        self._finish(ex, close)
+
+    def _must_close_after(self, ex: Exchange) -> bool:
+        return (
+            not ex.keep_alive
+            or not ex.body_done  # an unread body: we will not parse past it
+            or ex.close_after
+            or self._ctx.draining
+            or (self._stopped and not self._queue and self._parsing is None)
+        )
+
+    def _finish(self, ex: Exchange, close: bool) -> None:
+        if ex.state != ABORTED:
+            ex.move(DONE)
+        self._active = None
+        self._ctx.on_exchange_done(ex)
+        transport = self.transport
+        if transport is None:
+            return
+        if close:
+            self._stopped = True
+            transport.close()
+            return
+        if self._queue:
+            self._pump()
+        elif self._parsing is None:
+            self._deadline.set(WAIT_IDLE, self._ctx.plan.settings.idle_timeout_s)
+
+    # -- called by the upstream side -----------------------------------------------------------
+
+    def forwarded_headers(self, ex: Exchange) -> bytes:
+        """X-Request-ID and X-Forwarded-* for the backend (the client's versions were dropped)."""
+        head = ex.head
+        assert head is not None
+        host = head.host
+        return b"".join(
+            (
+                b"X-Request-ID: ",
+                ex.request_id,
+                b"\r\nX-Forwarded-For: ",
+                self.peer,
+                self._ctx.plan.forwarded_proto,
+                b"" if host is None else b"X-Forwarded-Host: " + host + CRLF,
+            )
+        )
+
+    def on_upstream_attached(self, ex: Exchange) -> None:
+        head = ex.head
+        assert head is not None and self.transport is not None
+        if head.expect_continue and not ex.body_done and not ex.continue_sent:
+            ex.continue_sent = True
+            self.transport.write(CONTINUE_100)
+        if self._read_paused & PAUSED_BODY_BUFFER:
+            self._resume_reading(PAUSED_BODY_BUFFER)
+
+    def on_upstream_head(
+        self, ex: Exchange, status: int, response: ResponseHead, no_body: bool
+    ) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        ex.status = status
+        ex.response_started = True
+        plan = self._ctx.plan
+        close = self._must_close_after(ex)
+        if no_body:
+            framing = (
+                b"Content-Length: %d\r\n" % response.content_length
+                if response.content_length >= 0 and status != 204
+                else b""
+            )
+        elif response.content_length >= 0:
+            framing = b"Content-Length: %d\r\n" % response.content_length
+        elif ex.http_minor == 1:
+            framing = TE_CHUNKED  # chunked or close-delimited upstream: re-chunk, keep-alive
+        else:
+            framing = b""  # an HTTP/1.0 client reads to EOF
+            close = True
+        if close:
+            ex.close_after = True
+            connection = CONNECTION_CLOSE
+        else:
+            connection = CONNECTION_KEEP_ALIVE if ex.http_minor == 0 else b""
+        ex.chunked_out = framing is TE_CHUNKED
+        transport.writelines(
+            (
+                status_line(status),
+                response.forward_block,
+                plan.common_headers,
+                framing,
+                connection,
+                CRLF,
+            )
+        )
+
+    # HOT PATH
+    def on_upstream_body(self, ex: Exchange, body: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if ex.chunked_out:
+            transport.writelines((b"%x\r\n" % len(body), body, CRLF))
+        else:
+            transport.write(body)
+
+    def on_upstream_done(self, ex: Exchange) -> None:
+        if ex.state == ABORTED or self.transport is None:
+            return
+        if ex.chunked_out:
+            self.transport.write(CHUNK_END)
+        self._finish(ex, ex.close_after or self._must_close_after(ex))
+
+    def on_upstream_failed(self, ex: Exchange, reply: ErrorReply) -> None:
+        if ex.state == ABORTED or self.transport is None:
+            return
+        if ex.response_started:
+            # Half a response was relayed: it cannot be replaced, only cut off (a reset tells
+            # the client the response is incomplete).
+            self._cut_off(ex)
+            return
+        ex.reply = reply
+        self._send_reply(ex)
+
+    def pause_reading_for_upstream(self) -> None:
+        self._pause_reading(PAUSED_UPSTREAM)
+
+    def resume_reading_for_upstream(self) -> None:
+        self._resume_reading(PAUSED_UPSTREAM)
+
+    # -- errors, timeouts, flow control ----------------------------------------------------------
+
+    def _on_parser_error(self, error: httptools.HttpParserError) -> None:
+        if self._stopped and self._parsing is None:
+            return  # bytes after a final request: ignored, never parsed as a request
+        self._reject(self._ctx.plan.bad_request(str(error) or "malformed request"))
+
+    def _reject(self, reply: ErrorReply) -> None:
+        """Answer the request being parsed with ``reply`` (in turn) and read nothing more."""
+        self._stop_reading()
+        ex = self._parsing
+        self._parsing = None
+        self._in_head = False
+        self._deadline.clear()
+        if ex is None or ex.state in (DONE, ABORTED):
+            ex = Exchange(self, self._ctx.loop.time())
+        ex.reply = reply
+        ex.keep_alive = False
+        ex.close_after = True
+        if not ex.request_id:
+            ex.request_id = self._ctx.ids.accept_or_new(None)
+        if ex.state == 0:  # HEAD: never queued
+            ex.move(QUEUED)
+            self._queue.append(ex)
+            return
+        upstream = ex.upstream
+        if upstream is not None:
+            # Its head was already forwarded: the backend must never see this request end.
+            ex.upstream = None
+            upstream.abort()
+            if ex.response_started:
+                self._cut_off(ex)
+                return
+            self._send_reply(ex)
+        elif ex.state != QUEUED:
+            # Active, waiting on an async stage or a connect: those find it aborted and stop.
+            ex.move(ABORTED)
+            fresh = Exchange(self, self._ctx.loop.time())
+            fresh.reply = reply
+            fresh.request_id = ex.request_id
+            fresh.keep_alive = False
+            fresh.move(QUEUED)
+            self._active = None
+            self._queue.appendleft(fresh)
+        # QUEUED: it is answered with ``reply`` when its turn comes, never forwarded.
+
+    def _on_deadline(self, kind: int) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if kind == WAIT_IDLE or (kind == WAIT_HEAD and self._parsing is None and not self._in_head):
+            self._stopped = True
+            transport.close()  # an idle keep-alive or never-used connection: close quietly
+        elif kind == WAIT_WRITE:
+            self._stopped = True
+            transport.abort()  # the client stopped reading
+        else:
+            ex = self._parsing
+            if ex is not None and ex.response_started:
+                self._cut_off(ex)
+            else:
+                self._reject(self._ctx.plan.replies.request_timeout)
+                if self._active is None:
+                    self._pump()
+
+    def _cut_off(self, ex: Exchange) -> None:
+        ex.move(ABORTED)
+        self._active = None
+        self._stopped = True
+        self._ctx.on_exchange_done(ex)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _stop_reading(self) -> None:
+        self._stopped = True
+        self._pause_reading(PAUSED_STOPPED)
+
+    def _pause_reading(self, reason: int) -> None:
+        if not self._read_paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._read_paused |= reason
+
+    def _resume_reading(self, reason: int) -> None:
+        if not self._read_paused & reason:
+            return
+        self._read_paused &= ~reason
+        if not self._read_paused and self.transport is not None:
+            self.transport.resume_reading()
+
+    # -- draining ---------------------------------------------------------------------------------
+
+    def is_idle(self) -> bool:
+        return self._active is None and self._parsing is None and not self._queue
+
+    def drain(self) -> None:
+        """Answer what was read with ``Connection: close``; read no new request."""
+        if self.transport is None:
+            return
+        if self.is_idle():
+            if self._deadline.kind == WAIT_HEAD:
+                return  # fresh: its first request is answered with close (or WAIT_HEAD ends it)
+            self._stopped = True
+            self.transport.close()  # idle keep-alive: nothing to answer
+        elif self._parsing is None:
+            self._stop_reading()
+        # else: a head or body is being read; on_message_complete stops reading after it.

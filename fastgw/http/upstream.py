@@ -1,0 +1,329 @@
+"""One keep-alive connection to a backend instance, speaking HTTP/1.1 as a client.
+
+The connection carries one exchange at a time (no upstream pipelining: a slow response would
+hold up unrelated clients). It writes the request head the gateway re-serialized (never the
+client's raw bytes: nothing ambiguous is forwarded), streams the request body as the client
+sends it, parses the response with httptools and hands head, body pieces and the end to the
+client connection that owns the exchange.
+
+Response framing handled here: Content-Length, chunked, close-delimited (ends at EOF), and
+responses without a body (HEAD, 1xx, 204, 304). Informational 1xx responses are dropped: the
+gateway answers ``Expect: 100-continue`` itself. Failures before any response byte go back to
+the forward stage, which may retry; failures after the head was relayed cut the client off,
+because a half-sent response cannot be replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+
+from fastgw._speedups import HeaderError, scan_response_head
+from fastgw.http.deadline import Deadline
+from fastgw.http.pool import set_nodelay
+from fastgw.limits import MAX_UPSTREAM_HEAD_BYTES, MAX_UPSTREAM_HEADERS
+
+if TYPE_CHECKING:
+    from fastgw.exchange import Exchange
+    from fastgw.http.pool import UpstreamPool
+    from fastgw.stages.forward import Forward
+
+CHUNK_END: Final = b"0\r\n\r\n"
+CRLF: Final = b"\r\n"
+NO_BODY_STATUSES: Final = frozenset({204, 304})
+HTTP11: Final = b" HTTP/1.1\r\n"
+
+DEADLINE_BACKEND: Final = 1
+
+
+class UpstreamHeadTooLarge(Exception):
+    """The backend sent a response head beyond our bounds (raised inside the parser)."""
+
+
+class UpstreamProtocol(asyncio.BufferedProtocol):
+    __slots__ = (
+        "_buffer",
+        "_close_delimited",
+        "_deadline",
+        "_fields",
+        "_forward",
+        "_head_bytes",
+        "_informational",
+        "_keep_alive",
+        "_parser",
+        "_pool",
+        "_reading_paused",
+        "_timeout_s",
+        "ex",
+        "idle_since_s",
+        "response_bytes",
+        "reused",
+        "sent_chunked",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool, read_buffer: bytearray) -> None:
+        self._pool = pool
+        self._buffer = read_buffer
+        self._parser = httptools.HttpResponseParser(self)
+        self._fields: list[bytes] = []
+        self._head_bytes = 0
+        self._informational = False
+        self._close_delimited = False
+        self._keep_alive = True
+        self._reading_paused = False
+        self._forward: Forward | None = None
+        self._timeout_s = 0.0
+        self._deadline: Deadline | None = None
+        self.transport: asyncio.Transport | None = None
+        self.ex: Exchange | None = None
+        self.reused = False
+        self.response_bytes = 0
+        self.sent_chunked = False
+        self.idle_since_s = 0.0
+
+    # -- asyncio callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        set_nodelay(transport)
+        self._pool.open_connections += 1
+        self._deadline = Deadline(asyncio.get_running_loop(), self._on_deadline)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._pool.open_connections -= 1
+        self._pool.forget(self)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        ex = self.ex
+        if ex is None:
+            return
+        self.ex = None
+        ex.upstream = None
+        forward = self._forward
+        assert forward is not None
+        if self._close_delimited:
+            forward.on_upstream_done(ex, self)
+        else:
+            forward.on_upstream_lost(ex, self)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.ex is None:
+            # Bytes on an idle connection: the backend is confused; never reuse it.
+            self.close()
+            return
+        self.response_bytes += nbytes
+        try:
+            self._parser.feed_data(memoryview(self._buffer)[:nbytes])
+        except httptools.HttpParserError:
+            self._fail()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost finishes a close-delimited body
+
+    def pause_writing(self) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.conn.pause_reading_for_upstream()
+
+    def resume_writing(self) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.conn.resume_reading_for_upstream()
+
+    # -- used by the pool and the forward stage -----------------------------------------
+
+    def usable(self) -> bool:
+        transport = self.transport
+        return transport is not None and not transport.is_closing() and self._keep_alive
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """The client went away: drop the exchange and the connection (its state is unknown)."""
+        self.ex = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # HOT PATH: one writelines for the head and whatever body already arrived.
+    def start(self, ex: Exchange, forward: Forward, timeout_s: float) -> None:
+        """Send ``ex``'s request on this connection and wait for the response."""
+        transport = self.transport
+        assert transport is not None and ex.head is not None
+        self.ex = ex
+        self._forward = forward
+        self._timeout_s = timeout_s
+        self._informational = False
+        self._close_delimited = False
+        self._keep_alive = True
+        self.response_bytes = 0
+        ex.upstream = self
+        head = ex.head
+        conn = ex.conn
+        parts = [
+            ex.method,
+            b" ",
+            ex.target,
+            HTTP11,
+            head.forward_block,
+            self._pool.host_header if head.host is None else b"",
+            ex.customer_headers,
+            conn.forwarded_headers(ex),
+        ]
+        if head.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
+            self.sent_chunked = True
+        else:
+            parts.append(
+                b"Content-Length: %d\r\n\r\n" % head.content_length
+                if head.content_length >= 0
+                else CRLF
+            )
+            self.sent_chunked = False
+        if ex.body_pending:
+            for piece in ex.body_pending:
+                self._append_body(parts, piece)
+            ex.body_pending = []
+            ex.body_pending_bytes = 0
+        if ex.body_done and self.sent_chunked:
+            parts.append(CHUNK_END)
+        transport.writelines(parts)
+        assert self._deadline is not None
+        self._deadline.set(DEADLINE_BACKEND, timeout_s)
+        conn.on_upstream_attached(ex)
+
+    def _append_body(self, parts: list[bytes], piece: bytes) -> None:
+        if self.sent_chunked:
+            parts.append(b"%x\r\n" % len(piece))
+            parts.append(piece)
+            parts.append(CRLF)
+        else:
+            parts.append(piece)
+
+    # HOT PATH
+    def send_body(self, piece: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self.sent_chunked:
+            transport.writelines((b"%x\r\n" % len(piece), piece, CRLF))
+        else:
+            transport.write(piece)
+
+    def send_body_end(self) -> None:
+        if self.sent_chunked and self.transport is not None:
+            self.transport.write(CHUNK_END)
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._fields = []
+        self._head_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        fields = self._fields
+        fields.append(name)
+        fields.append(value)
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_UPSTREAM_HEAD_BYTES or len(fields) > 2 * MAX_UPSTREAM_HEADERS:
+            raise UpstreamHeadTooLarge
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise HeaderError("unexpected protocol switch from upstream")
+            self._informational = True
+            return
+        self._informational = False
+        ex = self.ex
+        assert ex is not None
+        response = scan_response_head(self._fields)  # HeaderError stops the parser → 502
+        head_only = ex.method == b"HEAD"
+        no_body = head_only or status in NO_BODY_STATUSES
+        keep_alive = self._parser.should_keep_alive() and not response.close
+        close_delimited = not no_body and response.content_length < 0 and not response.chunked
+        self._keep_alive = keep_alive and not close_delimited
+        self._close_delimited = close_delimited
+        assert self._deadline is not None
+        self._deadline.set(DEADLINE_BACKEND, self._timeout_s)
+        ex.conn.on_upstream_head(ex, status, response, no_body)
+        if head_only:
+            # llhttp cannot be told the request was HEAD and would wait for Content-Length
+            # bytes that never come: finish here and parse the next response afresh.
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.ex
+        if ex is None:
+            return
+        assert self._deadline is not None
+        self._deadline.set(DEADLINE_BACKEND, self._timeout_s)  # inactivity: usually no re-arm
+        ex.conn.on_upstream_body(ex, body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self.ex is not None:
+            self._complete()
+
+    # -- endings ---------------------------------------------------------------------------
+
+    def _complete(self) -> None:
+        ex = self.ex
+        assert ex is not None and self._forward is not None
+        self.ex = None
+        ex.upstream = None
+        self._close_delimited = False
+        assert self._deadline is not None
+        self._deadline.clear()
+        if not ex.body_done:
+            self._keep_alive = False  # the request body was not all sent: the stream is unusable
+        self.resume_reading()
+        # Back to the pool first, so the next pipelined request can reuse this warm socket.
+        if self._keep_alive:
+            self._pool.release(self)
+        else:
+            self.close()
+        self._forward.on_upstream_done(ex, self)
+
+    def _fail(self) -> None:
+        ex = self.ex
+        self.ex = None
+        self._keep_alive = False
+        self.close()
+        if ex is not None:
+            ex.upstream = None
+            assert self._forward is not None
+            self._forward.on_upstream_error(ex, self)
+
+    def _on_deadline(self, kind: int) -> None:
+        ex = self.ex
+        if ex is None:
+            return
+        self.ex = None
+        ex.upstream = None
+        self._keep_alive = False
+        if self.transport is not None:
+            self.transport.abort()
+        assert self._forward is not None
+        self._forward.on_upstream_timeout(ex, self)

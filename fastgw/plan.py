@@ -1,0 +1,176 @@
+"""Config → plan: everything decided once per worker, before the first request.
+
+The plan holds what the hot path reads: the router with each route's stage chain as a tuple
+of bound methods, pre-encoded replies and header blocks, numeric limits, the backend pools.
+Config objects never reach the hot path; plan objects do. A plan is built in each worker
+after fork (pools and buffers belong to one process), and once in the master to prove the
+config compiles before any worker starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from fastgw.replies import ErrorReply, ReplyTable
+from fastgw.router import Router
+from fastgw.routing.balancer import WeightedRoundRobin
+from fastgw.stages.auth import Authenticate
+from fastgw.stages.forward import Forward
+from fastgw.stages.health import BackendView, DetailedHealth, Health, Ready
+
+if TYPE_CHECKING:
+    from fastgw.config import Config
+    from fastgw.http.pool import UpstreamPool
+    from fastgw.pipeline import Step
+
+HEALTH_METHODS: Final = frozenset({b"GET", b"HEAD"})
+MAX_CACHED_BAD_REQUESTS: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Numeric limits and timeouts the connections read, per worker."""
+
+    header_timeout_s: float
+    read_timeout_s: float
+    write_timeout_s: float
+    idle_timeout_s: float
+    max_head_bytes: int
+    max_header_fields2: int  # twice the header count: names and values sit in one flat list
+    max_url_bytes: int
+    max_body_bytes: int
+    max_connections: int  # this worker's share of the instance's limit
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    endpoint: str
+    methods: frozenset[bytes] | None
+    steps: tuple[Step, ...]
+
+
+class Plan:
+    __slots__ = (
+        "_bad_requests",
+        "backends",
+        "common_headers",
+        "forwarded_proto",
+        "pools",
+        "replies",
+        "router",
+        "settings",
+        "strip_request_fields",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        pools: list[UpstreamPool],
+        workers: int,
+    ) -> None:
+        server = config.gateway.server
+        self.settings = Settings(
+            header_timeout_s=server.timeouts.header_s,
+            read_timeout_s=server.timeouts.read_s,
+            write_timeout_s=server.timeouts.write_s,
+            idle_timeout_s=server.timeouts.idle_s,
+            max_head_bytes=server.limits.max_header_size_bytes,
+            max_header_fields2=2 * server.limits.max_headers,
+            max_url_bytes=server.limits.max_url_length,
+            max_body_bytes=server.limits.max_body_size_bytes,
+            max_connections=max(1, server.limits.max_connections // max(1, workers)),
+        )
+        self.common_headers = b"".join(
+            b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in config.gateway.security.response_headers.items()
+        )
+        self.replies = ReplyTable(self.common_headers)
+        self._bad_requests: dict[str, ErrorReply] = {}
+        scheme = b"https" if server.tls.enabled else b"http"
+        self.forwarded_proto = b"\r\nX-Forwarded-Proto: " + scheme + b"\r\n"
+        # Gateway-owned identity headers are dropped from client requests (x-customer-* and
+        # x-forwarded-* by prefix in the kernel); nothing more is stripped by default.
+        self.strip_request_fields: frozenset[bytes] = frozenset()
+        self.pools = pools
+        self.backends = BackendView(pools)
+        self.router = self._build_router(config)
+
+    def _build_router(self, config: Config) -> Router[RoutePlan]:
+        routing = config.gateway.routing
+        weights = [instance.weight for instance in config.routing.metald_instances]
+        balancer = WeightedRoundRobin(weights)
+        dev = config.gateway.authentication.development
+        authenticate = Authenticate(
+            dev.token_prefix.encode("ascii") if dev.enabled else None, self.replies
+        )
+        exact: list[tuple[bytes, RoutePlan]] = [
+            (b"/health", RoutePlan("health", HEALTH_METHODS, (Health(self.backends).on_request,))),
+            (
+                b"/health/detailed",
+                RoutePlan("health", HEALTH_METHODS, (DetailedHealth(self.backends).on_request,)),
+            ),
+            (b"/ready", RoutePlan("health", HEALTH_METHODS, (Ready(self.backends).on_request,))),
+        ]
+        prefixes: list[tuple[bytes, RoutePlan]] = []
+        for route in config.routes:
+            timeout_s = (
+                route.timeout_s if route.timeout_s is not None else routing.backend_timeout_s
+            )
+            forward = Forward(balancer, self.pools, self.replies, timeout_s, routing.retry_attempts)
+            steps: list[Step] = []
+            if route.auth == "required":
+                steps.append(authenticate.on_request)
+            steps.append(forward.on_request)
+            methods = frozenset(m.encode("ascii") for m in route.methods) or None
+            plan = RoutePlan(route.endpoint, methods, tuple(steps))
+            if route.path is not None:
+                exact.append((route.path.encode("utf-8"), plan))
+            elif route.path_prefix is not None:
+                prefixes.append((route.path_prefix.encode("utf-8"), plan))
+        return Router(exact, prefixes)
+
+    def bad_request(self, reason: str) -> ErrorReply:
+        """A 400 naming ``reason``; encoded once per distinct reason (a bounded set)."""
+        reply = self._bad_requests.get(reason)
+        if reply is None:
+            reply = self.replies.bad_request_because(reason, self.common_headers)
+            if len(self._bad_requests) < MAX_CACHED_BAD_REQUESTS:
+                self._bad_requests[reason] = reply
+        return reply
+
+    @staticmethod
+    def unsafe_path(path: bytes) -> bool:
+        """Paths a backend could read differently from our router: dot-segments (raw or
+        percent-encoded), backslashes, encoded NUL. Rejected rather than normalized."""
+        if b"." not in path and b"%" not in path and b"\\" not in path:
+            return False
+        lowered = path.lower()
+        if b"\\" in path or b"%2e" in lowered or b"%00" in lowered or b"%5c" in lowered:
+            return True
+        return any(segment in {b".", b".."} for segment in path.split(b"/"))
+
+    def overloaded_reply(self, date: bytes) -> list[bytes]:
+        return self.replies.overloaded.render(b"-", date, True)
+
+
+def make_pools(
+    config: Config, loop: asyncio.AbstractEventLoop, read_buffer: bytearray
+) -> list[UpstreamPool]:
+    from fastgw.http.pool import UpstreamPool
+
+    connect_timeout_s = config.gateway.routing.connect_timeout_s
+    return [
+        UpstreamPool(loop, instance.host, instance.port, connect_timeout_s, read_buffer)
+        for instance in config.routing.metald_instances
+    ]
+
+
+def check_plan(config: Config) -> None:
+    """Build a throwaway plan (no loop, no sockets) to prove ``config`` compiles.
+
+    The master calls this before forking, so a config that cannot become a plan fails once,
+    loudly, instead of in every worker.
+    """
+    Plan(config, [], workers=1)

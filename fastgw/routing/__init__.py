@@ -1,0 +1,1 @@
+"""Choosing a backend instance: balancing strategies, health, circuit breakers."""

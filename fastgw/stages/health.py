@@ -1,0 +1,91 @@
+"""The reserved endpoints on the main port (contract A3), answered by the gateway itself:
+``/health`` (the process serves), ``/health/detailed`` (components with status and latency)
+and ``/ready`` (503 when no backend instance can be reached)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import orjson
+
+from fastgw.pipeline import RESPOND
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from fastgw.exchange import Exchange
+    from fastgw.http.pool import UpstreamPool
+
+
+def _timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class BackendView:
+    """What the health endpoints know of the backends. Until active health checks exist, an
+    instance counts as reachable unless its last connection attempts failed."""
+
+    __slots__ = ("_pools",)
+
+    def __init__(self, pools: Sequence[UpstreamPool]) -> None:
+        self._pools = tuple(pools)
+
+    def reachable(self) -> int:
+        return sum(1 for pool in self._pools if pool.connect_failures == 0)
+
+    def total(self) -> int:
+        return len(self._pools)
+
+
+class Health:
+    __slots__ = ("_backends",)
+
+    def __init__(self, backends: BackendView) -> None:
+        self._backends = backends
+
+    def on_request(self, ex: Exchange) -> int:
+        ex.respond_local(200, orjson.dumps({"status": "healthy", "timestamp": _timestamp()}))
+        return RESPOND
+
+
+class DetailedHealth(Health):
+    __slots__ = ()
+
+    def on_request(self, ex: Exchange) -> int:
+        started = time.perf_counter()
+        reachable = self._backends.reachable()
+        total = self._backends.total()
+        backend_status = (
+            "healthy" if reachable == total else "degraded" if reachable else "unhealthy"
+        )
+        components = [
+            {
+                "name": "http_server",
+                "status": "healthy",
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+            {"name": "redis_connection", "status": "not_configured", "latency_ms": 0.0},
+            {
+                "name": "metald_backend",
+                "status": backend_status,
+                "latency_ms": 0.0,
+                "instances_reachable": reachable,
+                "instances_total": total,
+            },
+        ]
+        overall = "healthy" if backend_status == "healthy" else "degraded"
+        body = {"status": overall, "timestamp": _timestamp(), "components": components}
+        ex.respond_local(200, orjson.dumps(body))
+        return RESPOND
+
+
+class Ready(Health):
+    __slots__ = ()
+
+    def on_request(self, ex: Exchange) -> int:
+        ready = self._backends.reachable() > 0
+        body = {"ready": ready, "dependencies": ["metald"]}
+        ex.respond_local(200 if ready else 503, orjson.dumps(body))
+        return RESPOND

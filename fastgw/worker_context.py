@@ -1,0 +1,58 @@
+"""Everything one worker's connections share: the plan, the read buffer, ids, the clock
+header, the set of open connections, and the drain switch. One per worker process (per
+generation), created after fork."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from fastgw.ids import RequestIds
+from fastgw.limits import READ_BUFFER_BYTES
+from fastgw.replies import DateHeader
+
+if TYPE_CHECKING:
+    from fastgw.exchange import Exchange
+    from fastgw.http.downstream import DownstreamProtocol
+    from fastgw.plan import Plan
+
+
+class WorkerContext:
+    __slots__ = (
+        "connections",
+        "date",
+        "draining",
+        "emptied",
+        "ids",
+        "loop",
+        "plan",
+        "read_buffer",
+        "requests_done",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.read_buffer = bytearray(READ_BUFFER_BYTES)
+        self.ids = RequestIds()
+        self.date = DateHeader()
+        self.connections: set[DownstreamProtocol] = set()
+        self.draining = False
+        self.emptied: asyncio.Future[None] | None = None  # set while draining waits
+        self.requests_done = 0
+        self.plan: Plan  # set by the server once built (the plan needs this context's buffer)
+
+    def admit(self, conn: DownstreamProtocol) -> bool:
+        if self.draining or len(self.connections) >= self.plan.settings.max_connections:
+            return False
+        self.connections.add(conn)
+        return True
+
+    def release(self, conn: DownstreamProtocol) -> None:
+        self.connections.discard(conn)
+        emptied = self.emptied
+        if emptied is not None and not self.connections and not emptied.done():
+            emptied.set_result(None)
+
+    # HOT PATH: the observability issue hangs its counters here.
+    def on_exchange_done(self, ex: Exchange) -> None:
+        self.requests_done += 1

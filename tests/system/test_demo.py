@@ -1,0 +1,105 @@
+"""``fastgw demo`` as a user runs it: a real process tree, real curl-like requests, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+
+STARTUP_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+
+
+def _read_until(process: subprocess.Popen[bytes], pattern: str, timeout_s: float) -> list[str]:
+    # Unbuffered bytes: select() must not be fooled by lines waiting in a Python buffer.
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
+        if not ready:
+            break
+        line = process.stdout.readline().decode()
+        if not line:
+            break
+        lines.append(line)
+        if re.search(pattern, line):
+            return lines
+    raise AssertionError(f"{pattern!r} not seen in {lines!r}")
+
+
+def _post(url: str, token: str | None, body: bytes = b"{}") -> tuple[int, dict[str, object]]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, orjson.loads(error.read())
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(entry))
+            found |= _descendants(int(entry))
+    return found
+
+
+@pytest.mark.timeout(60)
+def test_demo_serves_and_stops_on_ctrl_c() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fastgw", "demo", "--port", "0", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        bufsize=0,
+        start_new_session=True,
+    )
+    try:
+        lines = _read_until(process, r"Ctrl-C stops everything", STARTUP_TIMEOUT_S)
+        base = re.search(r"fastgw listening on (http://\S+)", "".join(lines))
+        assert base, lines
+        url = base.group(1)
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            assert orjson.loads(response.read())["status"] == "healthy"
+        vm = f"{url}/vmprovisioner.v1.VmService"
+        status, created = _post(f"{vm}/CreateVm", "dev_customer_123", b'{"config": {}}')
+        assert status == 200 and str(created["vmId"]).startswith("ud-")
+        status, unauthorized = _post(f"{vm}/ListVms", None)
+        assert status == 401
+        assert unauthorized["error"]["code"] == "unauthorized"  # type: ignore[index]
+        children = _descendants(process.pid)
+        assert len(children) >= 5  # 3 mocks + 2 workers
+        # Ctrl-C: the terminal signals the whole foreground process group.
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(STOP_TIMEOUT_S) in (0, 130)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in children):
+            time.sleep(0.05)
+        alive = [p for p in children if os.path.exists(f"/proc/{p}")]
+        assert not alive, f"left running: {alive}"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
