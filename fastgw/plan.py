@@ -143,13 +143,17 @@ class Plan:
     @staticmethod
     def unsafe_path(path: bytes) -> bool:
         """Paths a backend could read differently from our router: dot-segments (raw or
-        percent-encoded), backslashes, encoded NUL. Rejected rather than normalized."""
+        percent-encoded, also between encoded slashes ``%2F..%2F`` or with path parameters
+        ``..;x``), backslashes, encoded NUL. Rejected rather than normalized."""
         if b"." not in path and b"%" not in path and b"\\" not in path:
             return False
         lowered = path.lower()
         if b"\\" in path or b"%2e" in lowered or b"%00" in lowered or b"%5c" in lowered:
             return True
-        return any(segment in {b".", b".."} for segment in path.split(b"/"))
+        return any(
+            segment.partition(b";")[0] in {b".", b".."}
+            for segment in lowered.replace(b"%2f", b"/").split(b"/")
+        )
 
     def overloaded_reply(self, date: bytes) -> list[bytes]:
         return self.replies.overloaded.render(b"-", date, True)

@@ -11,8 +11,11 @@ Invariants
     * bytes in, bytes out: no field is decoded to str, so no charset question arises.
     * Nothing ambiguous passes (ARCHITECTURE A3): framing that two parsers could read differently
       (duplicate or malformed Content-Length, Transfer-Encoding other than ``chunked``, both at
-      once), a duplicate Host or Authorization, a bad field name, a CTL in a value: all raise
-      ``HeaderError``, which the caller turns into 400 + close.
+      once), a duplicate Host or Authorization, a bad field name, a CTL in a value, a name that
+      is a consumed field's with ``_`` for ``-`` (``Transfer_Encoding``: CGI-style backends read
+      both alike), a Connection option naming Host: all raise ``HeaderError``, which the caller
+      turns into 400 + close. The ``_`` twins of the dropped ``X-Customer-*`` / ``X-Forwarded-*``
+      names are dropped like them.
     * ``forward_block`` is every kept field as ``Name: value\\r\\n``, in original order and case.
       A dropped field never appears in it; the caller re-frames the body and re-adds the fields
       it owns, so Content-Length, X-Request-ID, traceparent and X-Forwarded-* are always dropped.
@@ -205,6 +208,12 @@ def scan_request_head(fields: list[bytes], strip: frozenset[bytes]) -> RequestHe
             # 0x78 is "x": the prefix test only runs for the few names that can match it
             if lname[0] == 0x78 and lname.startswith(_DROPPED_PREFIXES):
                 continue
+            if 0x5F in lname:  # "_": a CGI-style backend reads it as "-" (HTTP_X_CUSTOMER_ID)
+                twin = lname.replace(b"_", b"-")
+                if twin.startswith(_DROPPED_PREFIXES):
+                    continue
+                if twin in _REQUEST_ROLES:
+                    raise HeaderError("header name aliases a framing or identity field")
         elif role == _HOST:
             if head.host is not None:
                 raise HeaderError("duplicate Host header")
@@ -247,6 +256,8 @@ def scan_request_head(fields: list[bytes], strip: frozenset[bytes]) -> RequestHe
     if head.chunked and head.content_length != -1:
         raise HeaderError("Content-Length with Transfer-Encoding")
     if listed is not None:
+        if b"host" in listed:
+            raise HeaderError("Connection lists Host")  # the backend would get no Host
         head.close = b"close" in listed
         if not listed.isdisjoint(kept):
             parts = _without_listed(parts, kept, listed)

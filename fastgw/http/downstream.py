@@ -10,7 +10,9 @@ Theory.
 - Requests are answered strictly in order (HTTP/1.1 pipelining). One exchange is ``active``;
   later ones wait in ``_queue`` (bounded: reading pauses when it is full).
 - A framing or limit error becomes an exchange carrying its reply, queued like any other, so
-  earlier pipelined requests are answered first; then the connection closes and reading stops.
+  earlier pipelined requests are answered first; then the connection closes and nothing more is
+  parsed. A close while the client may still be sending lingers (FIN first, then what arrives
+  is read and dropped for a moment), so that a reset cannot destroy the answer in flight.
 - Reading is paused for several independent reasons (bit flags); it resumes only when none is
   left. The client's write buffer pauses the backend's reading and the backend's write buffer
   pauses ours: backpressure is coupled both ways.
@@ -53,11 +55,19 @@ WAIT_HEAD: Final = 1
 WAIT_BODY: Final = 2
 WAIT_IDLE: Final = 3
 WAIT_WRITE: Final = 4
+WAIT_LINGER: Final = 5
+
+LINGER_S: Final = 2.0
+"""After a last answer sent while the client may still be sending (an unread body, a rejected
+request): how long the FIN-closed connection keeps reading, and dropping, what still comes."""
 
 CHUNK_END: Final = b"0\r\n\r\n"
 CRLF: Final = b"\r\n"
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 TE_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
+# Raw bytes a partly read head or trailer section may hold beyond its limit (see
+# _bound_unfinished): the syntax around the fields that the exact size checks do not count.
+RAW_SLACK_BYTES: Final = 4096
 
 # Trailer fields that would change framing, routing or identity if anyone merged them.
 FORBIDDEN_TRAILERS: Final = frozenset(
@@ -102,12 +112,14 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         "_fields",
         "_head_bytes",
         "_in_head",
+        "_out",
         "_parser",
         "_parsing",
         "_pumping",
         "_queue",
         "_read_paused",
         "_stopped",
+        "_trailer_bytes",
         "_trailer_count",
         "_url",
         "_write_paused",
@@ -126,10 +138,12 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         self._head_bytes = 0
         self._in_head = False
         self._trailer_count = 0
+        self._trailer_bytes = 0
         self._read_paused = 0
         self._write_paused = False
         self._stopped = False
         self._pumping = False
+        self._out: list[bytes] = []  # response bytes held until the backend read ends
         self._deadline = Deadline(ctx.loop, self._on_deadline)
         self.transport: asyncio.Transport | None = None
         self.peer = b""
@@ -171,6 +185,9 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._stopped:
             return  # after an error or a final request: the rest is ignored, never parsed
+        before = self._parsing  # the message this read continues, if any
+        was_in_head = self._in_head
+        body_before = 0 if before is None else before.body_bytes
         try:
             self._parser.feed_data(memoryview(self._ctx.read_buffer)[:nbytes])
         except httptools.HttpParserCallbackError as error:
@@ -186,14 +203,39 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         except httptools.HttpParserError as error:
             self._on_parser_error(error)
         else:
-            if self._in_head:
-                # A head still incomplete after this read: bound what it may grow to, since
-                # httptools keeps a partial field in memory until it ends.
-                self._head_bytes += nbytes
-                if self._head_bytes > self._ctx.plan.settings.max_head_bytes:
-                    self._reject(self._ctx.plan.replies.headers_too_large)
+            if self._parsing is not None:
+                self._bound_unfinished(before, was_in_head, body_before, nbytes)
         if self._active is None and self._queue:
             self._pump()
+
+    def _bound_unfinished(
+        self, before: Exchange | None, was_in_head: bool, body_before: int, nbytes: int
+    ) -> None:
+        """A read left a message unfinished: bound what httptools may hold for it (a partial
+        head or trailer field, kept in memory until it ends) and the run of bytes that carry no
+        body (chunk-size lines, extensions, trailers); more is 431.
+
+        These are raw bytes, which exceed the parsed size checked at the end of a head or
+        trailer field by the syntax around it (request line, CRLFs, OWS, chunk-size lines), so
+        the bound is ``max_head_bytes + RAW_SLACK_BYTES``: a message that passes the exact
+        checks passes this one however its bytes are split across reads (short of kilobytes of
+        OWS or chunk extensions in a row).
+        """
+        ex = self._parsing
+        assert ex is not None
+        if self._in_head:
+            if ex is before:
+                self._head_bytes += nbytes  # a head already open owns the whole read
+            else:
+                # Began in this read, maybe after earlier messages' bytes: count what it parsed
+                # (its partial field is at most this one read).
+                self._head_bytes = len(self._url) + sum(map(len, self._fields))
+        elif ex is before and not was_in_head and ex.body_bytes == body_before:
+            self._head_bytes += nbytes  # a whole read in the body without one body byte
+        else:
+            self._head_bytes = 0
+        if self._head_bytes > self._ctx.plan.settings.max_head_bytes + RAW_SLACK_BYTES:
+            self._reject(self._ctx.plan.replies.headers_too_large)
 
     def eof_received(self) -> bool:
         # The client closed its side. As nginx does, a client that stops sending is taken to
@@ -226,6 +268,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         self._url = b""
         self._head_bytes = 0
         self._trailer_count = 0
+        self._trailer_bytes = 0
         self._in_head = True
         if self._deadline.kind != WAIT_HEAD:
             self._deadline.set(WAIT_HEAD, ctx.plan.settings.header_timeout_s)
@@ -237,7 +280,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
-            self._on_trailer(name)
+            self._on_trailer(name, value)
             return
         fields = self._fields
         fields.append(name)
@@ -246,10 +289,14 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         if len(fields) > settings.max_header_fields2:
             raise RejectRequest(self._ctx.plan.replies.headers_too_large)
 
-    def _on_trailer(self, name: bytes) -> None:
+    def _on_trailer(self, name: bytes, value: bytes) -> None:
         self._trailer_count += 1
         if self._trailer_count > MAX_TRAILER_FIELDS or name.lower() in FORBIDDEN_TRAILERS:
             raise RejectRequest(self._ctx.plan.bad_request("forbidden trailer field"))
+        # The trailer section is held to the head's size limit, measured the same way.
+        self._trailer_bytes += len(name) + len(value) + 4
+        if self._trailer_bytes > self._ctx.plan.settings.max_head_bytes:
+            raise RejectRequest(self._ctx.plan.replies.headers_too_large)
         # Other trailer fields are dropped: the backend gets a body without trailers.
 
     def on_headers_complete(self) -> None:
@@ -270,12 +317,22 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
             ex.http_minor = 0
         else:
             raise RejectRequest(plan.bad_request("unsupported HTTP version"))
+        if parser.should_upgrade():
+            # Upgrade + Connection: upgrade. Rejected here, before it is queued: left to
+            # feed_data's HttpParserUpgrade, the request itself would already be forwarded.
+            raise RejectRequest(plan.bad_request("protocol upgrade is not supported"))
         head = scan_request_head(fields, plan.strip_request_fields)  # HeaderError → 400
         if head.host is None and ex.http_minor == 1:
             raise RejectRequest(plan.bad_request("missing Host header"))
+        if head.chunked and ex.http_minor == 0:
+            # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing.
+            raise RejectRequest(plan.bad_request("Transfer-Encoding in an HTTP/1.0 request"))
         url = self._url
         if url[:1] != b"/":
             raise RejectRequest(plan.bad_request("request target must be origin-form"))
+        if b"#" in url:
+            # RFC 9112 §3.2: no fragment in a request target; backends differ on where it ends.
+            raise RejectRequest(plan.bad_request("request target has a fragment"))
         query_at = url.find(b"?")
         path = url if query_at < 0 else url[:query_at]
         if plan.unsafe_path(path):
@@ -405,6 +462,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         )
 
     def _finish(self, ex: Exchange, close: bool) -> None:
+        self.flush_output()
         if ex.state != ABORTED:
             ex.move(DONE)
         self._active = None
@@ -414,12 +472,26 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
             return
         if close:
             self._stopped = True
-            transport.close()
+            self._close_after_answer(ex, transport)
             return
         if self._queue:
             self._pump()
         elif self._parsing is None:
             self._deadline.set(WAIT_IDLE, self._ctx.plan.settings.idle_timeout_s)
+
+    def _close_after_answer(self, ex: Exchange, transport: asyncio.Transport) -> None:
+        """Close after ``ex``'s answer. When the client may still be sending (``ex``'s body is
+        unread, or it was rejected mid-request), closing at once would have the kernel answer
+        its next bytes with a reset, which can destroy the answer before the client reads it
+        (a 413 for a large upload would never arrive). So, as nginx's lingering close: FIN
+        now, then read and drop what comes for at most LINGER_S (or until the client's EOF)."""
+        if ex.body_done or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._read_paused = 0
+        transport.resume_reading()  # buffer_updated drops it all: _stopped is set
+        self._deadline.set(WAIT_LINGER, LINGER_S)
 
     # -- called by the upstream side -----------------------------------------------------------
 
@@ -477,33 +549,42 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         else:
             connection = CONNECTION_KEEP_ALIVE if ex.http_minor == 0 else b""
         ex.chunked_out = framing is TE_CHUNKED
-        transport.writelines(
-            (
-                status_line(status),
-                response.forward_block,
-                plan.common_headers,
-                framing,
-                connection,
-                CRLF,
-            )
+        # Held in _out, not written: the body usually came in the same backend read, and head
+        # and body then leave in one writev (one packet, one wake-up for the client).
+        self._out += (
+            status_line(status),
+            response.forward_block,
+            plan.common_headers,
+            framing,
+            connection,
+            CRLF,
         )
 
     # HOT PATH
     def on_upstream_body(self, ex: Exchange, body: bytes) -> None:
-        transport = self.transport
-        if transport is None:
+        if self.transport is None:
             return
         if ex.chunked_out:
-            transport.writelines((b"%x\r\n" % len(body), body, CRLF))
+            self._out += (b"%x\r\n" % len(body), body, CRLF)
         else:
-            transport.write(body)
+            self._out.append(body)
 
     def on_upstream_done(self, ex: Exchange) -> None:
         if ex.state == ABORTED or self.transport is None:
             return
         if ex.chunked_out:
-            self.transport.write(CHUNK_END)
+            self._out.append(CHUNK_END)
         self._finish(ex, ex.close_after or self._must_close_after(ex))
+
+    # HOT PATH
+    def flush_output(self) -> None:
+        """Write what the backend's last read produced, in one writelines. Called by the
+        upstream connection after each read, and before an exchange finishes."""
+        out = self._out
+        if out:
+            self._out = []
+            if self.transport is not None:
+                self.transport.writelines(out)
 
     def on_upstream_failed(self, ex: Exchange, reply: ErrorReply) -> None:
         if ex.state == ABORTED or self.transport is None:
@@ -575,6 +656,8 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         if kind == WAIT_IDLE or (kind == WAIT_HEAD and self._parsing is None and not self._in_head):
             self._stopped = True
             transport.close()  # an idle keep-alive or never-used connection: close quietly
+        elif kind == WAIT_LINGER:
+            transport.close()
         elif kind == WAIT_WRITE:
             self._stopped = True
             transport.abort()  # the client stopped reading
@@ -588,6 +671,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
                     self._pump()
 
     def _cut_off(self, ex: Exchange) -> None:
+        self._out = []  # half a response: what is still held would only lengthen it
         ex.move(ABORTED)
         self._active = None
         self._stopped = True

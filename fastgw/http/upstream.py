@@ -119,10 +119,12 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
             self.close()
             return
         self.response_bytes += nbytes
+        conn = self.ex.conn
         try:
             self._parser.feed_data(memoryview(self._buffer)[:nbytes])
         except httptools.HttpParserError:
             self._fail()
+        conn.flush_output()  # everything this read produced for the client, in one write
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost finishes a close-delimited body
