@@ -21,6 +21,14 @@ BODY_BUFFER_HIGH_WATER_BYTES: Final = 256 * 1024
 MAX_TRAILER_FIELDS: Final = 32
 """Trailer fields accepted after a chunked request body (they are validated, then dropped)."""
 
+RAW_SLACK_BYTES: Final = 4096
+"""Raw bytes a partly read head or trailer section may hold beyond ``max_header_size``: the
+syntax around the fields (request line, CRLFs, chunk-size lines) that exact checks don't count."""
+
+LINGER_S: Final = 2.0
+"""After a last answer sent while the client may still be sending (an unread body, a rejected
+request): how long the FIN-closed connection keeps reading, and dropping, what still comes."""
+
 # Upstream (backend) side.
 MAX_IDLE_UPSTREAM_PER_INSTANCE: Final = 256
 """Idle keep-alive connections kept per backend instance and worker; extra ones are closed."""

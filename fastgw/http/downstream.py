@@ -30,7 +30,13 @@ from fastgw._speedups import HeaderError, scan_request_head
 from fastgw.exchange import ABORTED, DONE, IN_CHAIN, QUEUED, Exchange
 from fastgw.http.deadline import Deadline
 from fastgw.http.pool import set_nodelay
-from fastgw.limits import BODY_BUFFER_HIGH_WATER_BYTES, MAX_PIPELINED_REQUESTS, MAX_TRAILER_FIELDS
+from fastgw.limits import (
+    BODY_BUFFER_HIGH_WATER_BYTES,
+    LINGER_S,
+    MAX_PIPELINED_REQUESTS,
+    MAX_TRAILER_FIELDS,
+    RAW_SLACK_BYTES,
+)
 from fastgw.pipeline import RESPOND, run_chain
 from fastgw.replies import (
     CONNECTION_CLOSE,
@@ -57,17 +63,10 @@ WAIT_IDLE: Final = 3
 WAIT_WRITE: Final = 4
 WAIT_LINGER: Final = 5
 
-LINGER_S: Final = 2.0
-"""After a last answer sent while the client may still be sending (an unread body, a rejected
-request): how long the FIN-closed connection keeps reading, and dropping, what still comes."""
-
 CHUNK_END: Final = b"0\r\n\r\n"
 CRLF: Final = b"\r\n"
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 TE_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
-# Raw bytes a partly read head or trailer section may hold beyond its limit (see
-# _bound_unfinished): the syntax around the fields that the exact size checks do not count.
-RAW_SLACK_BYTES: Final = 4096
 
 # Trailer fields that would change framing, routing or identity if anyone merged them.
 FORBIDDEN_TRAILERS: Final = frozenset(
@@ -495,21 +494,20 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
 
     # -- called by the upstream side -----------------------------------------------------------
 
-    def forwarded_headers(self, ex: Exchange) -> bytes:
-        """X-Request-ID and X-Forwarded-* for the backend (the client's versions were dropped)."""
-        head = ex.head
-        assert head is not None
-        host = head.host
-        return b"".join(
-            (
-                b"X-Request-ID: ",
-                ex.request_id,
-                b"\r\nX-Forwarded-For: ",
-                self.peer,
-                self._ctx.plan.forwarded_proto,
-                b"" if host is None else b"X-Forwarded-Host: " + host + CRLF,
-            )
+    # HOT PATH
+    def add_forwarded_headers(self, parts: list[bytes], ex: Exchange) -> None:
+        """Append X-Request-ID and X-Forwarded-* for the backend to ``parts`` (the client's own
+        versions were dropped by the header kernel)."""
+        host = ex.head.host if ex.head is not None else None
+        parts += (
+            b"X-Request-ID: ",
+            ex.request_id,
+            b"\r\nX-Forwarded-For: ",
+            self.peer,
+            self._ctx.plan.forwarded_proto,
         )
+        if host is not None:
+            parts += (b"X-Forwarded-Host: ", host, CRLF)
 
     def on_upstream_attached(self, ex: Exchange) -> None:
         head = ex.head

@@ -188,8 +188,8 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
             head.forward_block,
             self._pool.host_header if head.host is None else b"",
             ex.customer_headers,
-            conn.forwarded_headers(ex),
         ]
+        conn.add_forwarded_headers(parts, ex)
         if head.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
             self.sent_chunked = True
