@@ -119,10 +119,17 @@ class ErrorReply:
 
     # HOT PATH: no allocation beyond the few small byte strings joined by writelines.
     def render(
-        self, request_id: bytes, date: bytes, close: bool, extra_headers: bytes = b""
+        self,
+        request_id: bytes,
+        date: bytes,
+        close: bool,
+        extra_headers: bytes = b"",
+        head_only: bool = False,
     ) -> list[bytes]:
+        """The reply's bytes; for a HEAD request the same head (Content-Length included) and
+        no body, or the client would read the body as the next response."""
         body_len = len(self.body_prefix) + len(request_id) + self.body_suffix_len
-        return [
+        parts = [
             self.head,
             extra_headers,
             date,
@@ -133,6 +140,9 @@ class ErrorReply:
             request_id,
             self.BODY_SUFFIX,
         ]
+        if head_only:
+            del parts[-3:]
+        return parts
 
 
 def json_reply(

@@ -121,6 +121,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         "_trailer_bytes",
         "_trailer_count",
         "_url",
+        "_write_deadline",
         "_write_paused",
         "peer",
         "transport",
@@ -143,7 +144,10 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         self._stopped = False
         self._pumping = False
         self._out: list[bytes] = []  # response bytes held until the backend read ends
-        self._deadline = Deadline(ctx.loop, self._on_deadline)
+        self._deadline = Deadline(ctx.loop, self._on_deadline)  # what reading waits for
+        # Writing has its own deadline: a client that stops reading must be cut off whatever
+        # the read side is waiting for (a pipelined head, a body, idleness), and after close().
+        self._write_deadline = Deadline(ctx.loop, self._on_deadline)
         self.transport: asyncio.Transport | None = None
         self.peer = b""
 
@@ -166,6 +170,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._ctx.release(self)
         self._deadline.cancel()
+        self._write_deadline.cancel()
         self._stopped = True
         for ex in (self._active, self._parsing, *self._queue):
             if ex is not None and ex.state != DONE:
@@ -248,15 +253,21 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         ex = self._active
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
-        self._deadline.set(WAIT_WRITE, self._ctx.plan.settings.write_timeout_s)
+        self._write_deadline.set(WAIT_WRITE, self._ctx.plan.settings.write_timeout_s)
 
     def resume_writing(self) -> None:
         self._write_paused = False
         ex = self._active
         if ex is not None and ex.upstream is not None:
             ex.upstream.resume_reading()
-        if self._deadline.kind == WAIT_WRITE:
-            self._deadline.clear()
+        self._write_deadline.clear()
+
+    def _close(self, transport: asyncio.Transport) -> None:
+        """close() waits for the write buffer to drain; a client that never reads would hold
+        the connection forever, so what is still buffered gets the write timeout, then abort."""
+        transport.close()
+        if transport.get_write_buffer_size():
+            self._write_deadline.set(WAIT_WRITE, self._ctx.plan.settings.write_timeout_s)
 
     # -- httptools callbacks (recording only: chains run after feed_data) -----------------
 
@@ -435,7 +446,9 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         reply = ex.reply
         if reply is not None:
             ex.status = reply.status
-            transport.writelines(reply.render(ex.request_id, date, close))
+            transport.writelines(
+                reply.render(ex.request_id, date, close, head_only=ex.method == b"HEAD")
+            )
         else:
             ex.status = ex.local_status
             transport.writelines(
@@ -485,7 +498,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         (a 413 for a large upload would never arrive). So, as nginx's lingering close: FIN
         now, then read and drop what comes for at most LINGER_S (or until the client's EOF)."""
         if ex.body_done or not transport.can_write_eof():
-            transport.close()
+            self._close(transport)
             return
         transport.write_eof()
         self._read_paused = 0
@@ -515,6 +528,8 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         if head.expect_continue and not ex.body_done and not ex.continue_sent:
             ex.continue_sent = True
             self.transport.write(CONTINUE_100)
+        if self._write_paused and ex.upstream is not None:
+            ex.upstream.pause_reading()  # the client is still not reading: carry it over
         if self._read_paused & PAUSED_BODY_BUFFER:
             self._resume_reading(PAUSED_BODY_BUFFER)
 
@@ -653,9 +668,9 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
             return
         if kind == WAIT_IDLE or (kind == WAIT_HEAD and self._parsing is None and not self._in_head):
             self._stopped = True
-            transport.close()  # an idle keep-alive or never-used connection: close quietly
+            self._close(transport)  # an idle keep-alive or never-used connection: quietly
         elif kind == WAIT_LINGER:
-            transport.close()
+            self._close(transport)
         elif kind == WAIT_WRITE:
             self._stopped = True
             transport.abort()  # the client stopped reading

@@ -103,10 +103,11 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
             return
         self.ex = None
         ex.upstream = None
+        ex.conn.resume_reading_for_upstream()
         forward = self._forward
         assert forward is not None
-        if self._close_delimited:
-            forward.on_upstream_done(ex, self)
+        if self._close_delimited and exc is None:
+            forward.on_upstream_done(ex, self)  # EOF ends a close-delimited body; a reset not
         else:
             forward.on_upstream_lost(ex, self)
 
@@ -298,9 +299,12 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
         self._close_delimited = False
         assert self._deadline is not None
         self._deadline.clear()
-        if not ex.body_done:
-            self._keep_alive = False  # the request body was not all sent: the stream is unusable
+        transport = self.transport
+        if not ex.body_done or (transport is not None and transport.get_write_buffer_size()):
+            # Request bytes not all sent (or still buffered): the stream is unusable.
+            self._keep_alive = False
         self.resume_reading()
+        ex.conn.resume_reading_for_upstream()  # our pause_writing may have paused the client
         # Back to the pool first, so the next pipelined request can reuse this warm socket.
         if self._keep_alive:
             self._pool.release(self)
@@ -315,6 +319,7 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
         self.close()
         if ex is not None:
             ex.upstream = None
+            ex.conn.resume_reading_for_upstream()
             assert self._forward is not None
             self._forward.on_upstream_error(ex, self)
 
@@ -324,6 +329,7 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
             return
         self.ex = None
         ex.upstream = None
+        ex.conn.resume_reading_for_upstream()
         self._keep_alive = False
         if self.transport is not None:
             self.transport.abort()

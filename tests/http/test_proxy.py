@@ -7,6 +7,7 @@ import socket
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.support.client import RawClient, get, post
 from tests.support.gateway import eventually, running, uvloop_test
@@ -339,3 +340,38 @@ async def test_client_disconnect_mid_request_leaks_nothing() -> None:
         assert (await again.request(get("/echo"))).status == 200
         await again.close()
         await eventually(lambda: not ctx.connections)
+
+
+@uvloop_test
+async def test_head_request_gets_error_head_without_body() -> None:
+    async with running() as gw:
+        client = await RawClient.connect(gw.port)
+        await client.send(b"HEAD /nowhere HTTP/1.1\r\nHost: gw\r\n\r\n" + get("/echo/after"))
+        head = await client.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404")
+        assert b"content-length:" in head.lower()
+        # the next bytes are the next response, not a body of the 404
+        follow = await client.read_one()
+        assert follow.status == 200
+        assert echo_of(follow.body)["path"] == "/echo/after"
+        await client.close()
+
+
+@pytest.mark.parametrize("chunk", [300_000, 3_000_000])
+@uvloop_test
+async def test_client_that_never_reads_is_cut_off_by_the_write_timeout(chunk: int) -> None:
+    import asyncio
+
+    extra = {"gateway": {"server": {"timeouts": {"write": "300ms", "idle": "300ms"}}}}
+    async with running(extra=extra) as gw:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+        _reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(get(f"/stream/1?chunk={chunk}"))
+        await writer.drain()
+        ctx = gw.gateway.context
+        await eventually(lambda: bool(ctx.connections))
+        await eventually(lambda: not ctx.connections, timeout_s=10)  # never read: cut off
+        writer.close()
