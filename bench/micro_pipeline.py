@@ -71,6 +71,9 @@ class RecordingTransport:
     def can_write_eof(self) -> bool:
         return False
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
 
 def feed(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
     buffer = protocol.get_buffer(len(data))

@@ -157,14 +157,20 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
             self.transport.abort()
 
     def pause_reading(self) -> None:
+        """The client is not reading: stop reading the backend, and stop its clock too (a
+        slow client is the write timeout's business, not a backend timeout)."""
         if not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
+            if self._deadline is not None:
+                self._deadline.clear()
 
     def resume_reading(self) -> None:
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
+            if self._deadline is not None and self.ex is not None:
+                self._deadline.set(DEADLINE_BACKEND, self._timeout_s)
 
     # HOT PATH: one writelines for the head and whatever body already arrived.
     def start(self, ex: Exchange, forward: Forward, timeout_s: float) -> None:
@@ -306,6 +312,8 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
         self.resume_reading()
         ex.conn.resume_reading_for_upstream()  # our pause_writing may have paused the client
         # Back to the pool first, so the next pipelined request can reuse this warm socket.
+        # (Known limit: bytes a misbehaving backend sends beyond the response in the same read
+        # would be parsed as the next exchange's response.)
         if self._keep_alive:
             self._pool.release(self)
         else:
