@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any, Final
 
 from bench.procs import BenchError
+from fastgw.cli import positive_int
 
 SCENARIOS: Final = {
     "passthrough": "fastgw vs nginx (and haproxy) as plain reverse proxies: RPS, latency, "
@@ -44,14 +45,7 @@ def _duration(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+_positive = positive_int
 
 
 def _peers(text: str) -> tuple[str, ...]:

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from fastgw.errors import FastgwError
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (shared with the bench command line)."""
     try:
         value = int(text)
     except ValueError:
@@ -45,11 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="gateway + 3 mock metald instances, no files needed")
     demo.add_argument("--port", type=_port, default=8080, help="gateway port (0 = any free)")
-    demo.add_argument("--workers", type=_positive_int, default=1)
+    demo.add_argument("--workers", type=positive_int, default=1)
 
     serve = commands.add_parser("serve", help="run the gateway: master + pre-forked workers")
     serve.add_argument("-c", "--config", required=True, metavar="FILE")
-    serve.add_argument("--workers", type=_positive_int, default=None)
+    serve.add_argument("--workers", type=positive_int, default=None)
     serve.add_argument(
         "--drain-timeout",
         type=_seconds,
