@@ -26,7 +26,8 @@ from typing import Final
 
 import yaml
 
-from bench.procs import BenchError, Service, Services, free_port
+from bench.procs import BenchError, Service, Services
+from fastgw.listen import free_port
 
 HOST: Final = "127.0.0.1"
 PEERS: Final = ("nginx", "haproxy")

@@ -24,7 +24,6 @@ import ctypes
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -276,13 +275,6 @@ def die_with_parent() -> None:
     clients that start while the bench runs threads."""
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the usual small race, fine on a bench machine)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -9,7 +9,6 @@ Ctrl-C reaches every process of the terminal's group: the mocks exit, the gatewa
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from typing import Final
 import yaml
 
 from fastgw.errors import BootError
+from fastgw.listen import free_port
 
 MOCK_COUNT: Final = 3
 MOCK_START_TIMEOUT_S: Final = 10.0
@@ -48,12 +48,6 @@ def _select_readable(fd: int, timeout_s: float) -> tuple[list[int], list[int], l
     import select
 
     return select.select([fd], [], [], timeout_s)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def demo_config(gateway_port: int, backend_ports: list[int]) -> dict[str, object]:
@@ -104,7 +98,7 @@ def run_demo(port: int, workers: int) -> int:
             process, mock_port = _start_mock(f"metald-{index + 1}")
             mocks.append(process)
             ports.append(mock_port)
-        gateway_port = port or _free_port("127.0.0.1")
+        gateway_port = port or free_port("127.0.0.1")
         with tempfile.TemporaryDirectory(prefix="fastgw-demo-") as scratch:
             config_path = Path(scratch) / "demo.yaml"
             config_path.write_text(yaml.safe_dump(demo_config(gateway_port, ports)))

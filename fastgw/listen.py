@@ -18,6 +18,14 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for demos, tests and benches: the usual small race
+    between this close and the caller's bind is acceptable there, never in ``serve``)."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def reserve_port(host: str, port: int) -> socket.socket:
     """Bind without listening: holds ``host:port`` for the workers (port 0 → a free port)."""
     sock = socket.socket(_family(host), socket.SOCK_STREAM)

@@ -98,12 +98,9 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
         self._pool.forget(self)
         if self._deadline is not None:
             self._deadline.cancel()
-        ex = self.ex
+        ex = self._detach()
         if ex is None:
             return
-        self.ex = None
-        ex.upstream = None
-        ex.conn.resume_reading_for_upstream()
         forward = self._forward
         assert forward is not None
         if self._close_delimited and exc is None:
@@ -298,10 +295,8 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
     # -- endings ---------------------------------------------------------------------------
 
     def _complete(self) -> None:
-        ex = self.ex
+        ex = self._detach()
         assert ex is not None and self._forward is not None
-        self.ex = None
-        ex.upstream = None
         self._close_delimited = False
         assert self._deadline is not None
         self._deadline.clear()
@@ -310,7 +305,6 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
             # Request bytes not all sent (or still buffered): the stream is unusable.
             self._keep_alive = False
         self.resume_reading()
-        ex.conn.resume_reading_for_upstream()  # our pause_writing may have paused the client
         # Back to the pool first, so the next pipelined request can reuse this warm socket.
         # (Known limit: bytes a misbehaving backend sends beyond the response in the same read
         # would be parsed as the next exchange's response.)
@@ -320,24 +314,28 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
             self.close()
         self._forward.on_upstream_done(ex, self)
 
-    def _fail(self) -> None:
+    def _detach(self) -> Exchange | None:
+        """Let go of the current exchange, and of the client's reading if our full write buffer
+        had paused it. Every ending (complete, failed, timed out, lost) goes through here."""
         ex = self.ex
-        self.ex = None
+        if ex is not None:
+            self.ex = None
+            ex.upstream = None
+            ex.conn.resume_reading_for_upstream()
+        return ex
+
+    def _fail(self) -> None:
+        ex = self._detach()
         self._keep_alive = False
         self.close()
         if ex is not None:
-            ex.upstream = None
-            ex.conn.resume_reading_for_upstream()
             assert self._forward is not None
             self._forward.on_upstream_error(ex, self)
 
     def _on_deadline(self, kind: int) -> None:
-        ex = self.ex
+        ex = self._detach()
         if ex is None:
             return
-        self.ex = None
-        ex.upstream = None
-        ex.conn.resume_reading_for_upstream()
         self._keep_alive = False
         if self.transport is not None:
             self.transport.abort()

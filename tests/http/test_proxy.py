@@ -9,14 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
+from fastgw.listen import free_port
 from tests.support.client import RawClient, get, post
 from tests.support.gateway import eventually, running, uvloop_test
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def echo_of(body: bytes) -> dict[str, Any]:
