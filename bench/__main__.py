@@ -1,14 +1,17 @@
 """``python -m bench``: the benchmark suite's command line.
 
     python -m bench list
-    python -m bench run --scenario passthrough [--duration 10s] [--runs 3] [--connections 50]
-                        [--workers 1] [--peers nginx,haproxy] [--path /echo/x] [--out DIR]
-                        [--profile]
-    python -m bench run --scenario idle [--connections 10000] [--out DIR]
-    python -m bench idle [--connections 10000] [--out DIR]      (the same as the line above)
+    python -m bench run --scenario passthrough[,idle-10k,...|all] [--duration 10s] [--runs 3]
+                        [--connections 50] [--workers 1] [--peers nginx,haproxy]
+                        [--generator wrk|openloop] [--rate 5000] [--target p99_ms=5]
+                        [--targets FILE] [--profile] [--out DIR]
+    python -m bench idle [--connections 10000]             (= run --scenario idle-10k)
+    python -m bench sweep --scenario passthrough --target-p99 10ms [--start-rate 1000]
+    python -m bench scale [--scenarios passthrough,full] [--workers-list 1,2,4,8]
+    python -m bench compare A.json B.json [--threshold 2]
 
-Expected failures (a tool missing, a service that does not start) print one line per problem
-and exit 2; Ctrl-C or SIGTERM stop every started process and exit 130.
+Expected failures (a tool missing, a service that does not start, a bad option) print one line
+per problem and exit 2; Ctrl-C or SIGTERM stop every started process and exit 130.
 """
 
 from __future__ import annotations
@@ -16,36 +19,38 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import Any
 
 from bench.procs import BenchError
-from fastgw.cli import positive_int
-
-SCENARIOS: Final = {
-    "passthrough": "fastgw vs nginx (and haproxy) as plain reverse proxies: RPS, latency, "
-                   "CPU-µs per request, RSS",
-    "idle": "RSS of fastgw holding N idle keep-alive connections; latency meanwhile",
-}
+from bench.scenarios import SCENARIOS, Scenario, resolve
+from fastgw.cli import positive_duration, positive_int
 
 
-def _duration(text: str) -> float:
-    from fastgw.config.units import parse_duration
+def _duration_or_zero(text: str) -> float:
+    return 0.0 if text.strip() in {"0", "0s"} else positive_duration(text)
 
+
+def _positive_float(text: str) -> float:
     try:
-        value = parse_duration(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a duration > 0, got {text!r}")
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
 
 
-_positive = positive_int
+def _milliseconds(text: str) -> float:
+    try:
+        return _positive_float(text)  # a bare number is milliseconds
+    except argparse.ArgumentTypeError:
+        return positive_duration(text) * 1000.0
 
 
 def _peers(text: str) -> tuple[str, ...]:
@@ -55,112 +60,223 @@ def _peers(text: str) -> tuple[str, ...]:
     unknown = [p for p in names if p not in PEERS]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown peer(s) {', '.join(unknown)} (known: {', '.join(PEERS)})")
+            f"unknown peer(s) {', '.join(unknown)} (known: {', '.join(PEERS)}; none: '')")
     return names
 
 
-def _add_idle_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--concurrency", type=_positive, default=200,
-                        help="idle: connections the client opens at once (default 200)")
-    parser.add_argument("--probe-requests", type=_positive, default=200,
-                        help="idle: sequential requests of the latency probe (default 200)")
-    parser.add_argument("--load", type=_duration, default=3.0, metavar="DURATION",
-                        help="idle: wrk -c10 run beside the idle connections (default 3s)")
-    parser.add_argument("--hold", type=_duration, default=5.0, metavar="DURATION",
-                        help="idle: time the connections are held idle while fastgw's CPU is "
-                             "read (default 5s)")
+def _scenarios(text: str) -> list[Scenario]:
+    try:
+        return resolve(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _one_scenario(text: str) -> Scenario:
+    found = _scenarios(text)
+    if len(found) != 1:
+        raise argparse.ArgumentTypeError(f"expected one scenario, got {text!r}")
+    return found[0]
+
+
+def _workers_list(text: str) -> tuple[int, ...]:
+    values = tuple(positive_int(v.strip()) for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("expected worker counts like 1,2,4,8")
+    return values
+
+
+def _target(text: str) -> Any:
+    from bench.verdict import parse_cli
+
+    try:
+        return parse_cli(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _common(parser: argparse.ArgumentParser, *, duration: str, connections: int) -> None:
+    parser.add_argument("--duration", type=positive_duration,
+                        default=positive_duration(duration),
+                        metavar="DURATION", help=f"one measured run or step (default {duration})")
+    parser.add_argument("--connections", type=positive_int, default=connections,
+                        help=f"load-generator connections (default {connections})")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="fastgw workers = nginx worker_processes = haproxy nbthread")
+    parser.add_argument("--peers", type=_peers, default=("nginx",),
+                        help="comma-separated peers measured beside fastgw: nginx, haproxy "
+                             "(default nginx; '' for none)")
+    parser.add_argument("--path", default=None,
+                        help="request path, the same for every target (default: the "
+                             "scenario's, /echo/x)")
+    parser.add_argument("--processes", type=positive_int, default=1,
+                        help="open loop: generator processes (default 1)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default bench/out/<command>-<UTC time>)")
+
+
+def _generator(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generator", choices=("wrk", "openloop"), default=None,
+                        help="wrk (closed loop; the default when installed) or the built-in "
+                             "open-loop generator at --rate")
+    parser.add_argument("--rate", type=_positive_float, default=5000.0,
+                        help="open loop: requests per second offered (default 5000)")
+    parser.add_argument("--runs", type=positive_int, default=3,
+                        help="measured runs per target, alternating between targets "
+                             "(default 3)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="wrk threads")
+    parser.add_argument("--warmup", type=_duration_or_zero, default=3.0,
+                        metavar="DURATION",
+                        help="unrecorded run per target first (default 3s; 0 for none)")
+
+
+def _idle_args(parser: argparse.ArgumentParser, flag: str) -> None:
+    parser.add_argument(flag, dest="idle_connections", type=positive_int, default=10000,
+                        help="idle-10k: idle connections held (default 10000)")
+    parser.add_argument("--concurrency", type=positive_int, default=200,
+                        help="idle-10k: connections the client opens at once (default 200)")
+    parser.add_argument("--probe-requests", type=positive_int, default=200,
+                        help="idle-10k: sequential requests of the latency probe (default 200)")
+    parser.add_argument("--load", type=_duration_or_zero, default=3.0, metavar="DURATION",
+                        help="idle-10k: wrk -c10 run beside the idle connections (default 3s)")
+    parser.add_argument("--hold", type=positive_duration, default=5.0, metavar="DURATION",
+                        help="idle-10k: time the connections are held idle while fastgw's "
+                             "CPU is read (default 5s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="fastgw benchmarks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("list", help="list the scenarios")
+    commands.add_parser("list", help="list the scenarios and whether this build can run them")
 
-    run = commands.add_parser("run", help="run one scenario")
-    run.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
-    run.add_argument("--duration", type=_duration, default=10.0, metavar="DURATION",
-                     help="passthrough: length of one wrk run (default 10s)")
-    run.add_argument("--runs", type=_positive, default=3,
-                     help="passthrough: runs per target, alternating (default 3)")
-    run.add_argument("--connections", type=_positive, default=None,
-                     help="wrk connections (passthrough, default 50) or idle connections "
-                          "(idle, default 10000)")
-    run.add_argument("--threads", type=_positive, default=1, help="wrk threads (default 1)")
-    run.add_argument("--warmup", type=_duration, default=3.0, metavar="DURATION",
-                     help="passthrough: unrecorded wrk run per target first (default 3s)")
-    run.add_argument("--workers", type=_positive, default=1,
-                     help="fastgw workers = nginx worker_processes = haproxy nbthread")
-    run.add_argument("--peers", type=_peers, default=("nginx",),
-                     help="passthrough: comma-separated peers: nginx, haproxy (default nginx)")
-    run.add_argument("--path", default=None,
-                     help="request path, identical for every target (default /echo/x; idle: "
-                          "/echo/idle)")
+    run = commands.add_parser("run", help="run scenarios against fastgw and its peers")
+    run.add_argument("--scenario", type=_scenarios, required=True,
+                     help=f"one or more of {', '.join(SCENARIOS)}, comma-separated, or all")
+    _common(run, duration="10s", connections=50)
+    _generator(run)
+    run.add_argument("--target", dest="target_list", type=_target, action="append", default=[],
+                     metavar="NAME=VALUE",
+                     help="a stricter target for the verdict, e.g. p99_ms=5, rps=20000, "
+                          "cpu_vs_nginx=1.3 (repeatable)")
+    run.add_argument("--targets", dest="targets_file", type=Path, default=None,
+                     help="stricter targets from a YAML file (docs/benchmarking.md)")
     run.add_argument("--profile", action="store_true",
-                     help="passthrough: one extra fastgw run under py-spy, summarized")
-    run.add_argument("--out", type=Path, default=None, help="output directory "
-                     "(default bench/out/<scenario>-<UTC time>)")
-    _add_idle_args(run)
+                     help="after the runs, one extra fastgw run under py-spy (and perf)")
+    _idle_args(run, "--idle-connections")
 
-    idle = commands.add_parser("idle", help="the idle scenario (= run --scenario idle)")
-    idle.add_argument("--connections", type=_positive, default=10000)
-    idle.add_argument("--workers", type=_positive, default=1)
+    idle = commands.add_parser("idle", help="the idle-10k scenario alone")
+    idle.add_argument("--workers", type=positive_int, default=1)
     idle.add_argument("--path", default=None)
     idle.add_argument("--out", type=Path, default=None)
-    _add_idle_args(idle)
+    _idle_args(idle, "--connections")
+
+    sweep = commands.add_parser("sweep", help="the highest rate whose p99 stays under a target")
+    sweep.add_argument("--scenario", type=_one_scenario, default=SCENARIOS["passthrough"])
+    sweep.add_argument("--target-p99", type=_milliseconds, default=10.0, metavar="DURATION",
+                       help="p99 to stay under: 10ms, 0.05s, or a number of ms (default 10ms)")
+    sweep.add_argument("--start-rate", type=_positive_float, default=1000.0)
+    sweep.add_argument("--max-rate", type=_positive_float, default=200000.0)
+    sweep.add_argument("--resolution", type=_positive_float, default=0.05,
+                       help="stop bisecting when the bracket is this narrow (default 0.05)")
+    _common(sweep, duration="5s", connections=100)
+
+    scale = commands.add_parser("scale", help="the scaling curve over worker counts")
+    scale.add_argument("--scenarios", type=_scenarios, default=None,
+                       help="default passthrough,full")
+    scale.add_argument("--workers-list", type=_workers_list, default=(1, 2, 4, 8))
+    _common(scale, duration="10s", connections=50)
+    _generator(scale)
+
+    compare = commands.add_parser("compare", help="what changed between two results.json")
+    compare.add_argument("files", nargs=2, metavar="RESULTS.json")
+    compare.add_argument("--out", default=None, help="also write the Markdown to this file")
+    compare.add_argument("--threshold", default=None,
+                         help="changes below this %% are never flagged (default 2)")
     return parser
 
 
-def _out_dir(scenario: str, given: Path | None) -> Path:
+def _out_dir(command: str, given: Path | None) -> Path:
     if given is not None:
         return given.resolve()  # configs written there name absolute paths
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return Path(__file__).resolve().parent / "out" / f"{scenario}-{stamp}"
+    return Path(__file__).resolve().parent / "out" / f"{command}-{stamp}"
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _run(args: argparse.Namespace, command: str) -> dict[str, Any]:
-    scenario = "idle" if args.command == "idle" else args.scenario
-    out = _out_dir(scenario, args.out)
-    if scenario == "passthrough":
-        from bench import passthrough
+def _options(args: argparse.Namespace, command: str) -> Any:
+    from bench.runner import Options
+    from bench.verdict import Targets, load_targets
 
-        opts = passthrough.Options(
-            duration_s=args.duration, runs=args.runs, connections=args.connections or 50,
-            threads=args.threads, warmup_s=args.warmup, path=args.path or "/echo/x",
-            workers=args.workers, peers=args.peers, out=out, profile=args.profile,
-            command=command)
-        results = passthrough.run(opts)
-        print()
-        print(passthrough.table(results))
-    else:
-        from bench import idle_conns
+    targets = Targets()
+    if getattr(args, "targets_file", None) is not None:
+        try:
+            targets = load_targets(args.targets_file)
+        except ValueError as error:
+            raise BenchError(str(error)) from None
+    targets = targets.merged(getattr(args, "target_list", []))
+    generator = getattr(args, "generator", None) or (
+        "wrk" if shutil.which("wrk") else "openloop")
+    if generator == "wrk":
+        from bench.wrk import wrk_binary
 
-        iopts = idle_conns.Options(
-            connections=args.connections or 10000, path=args.path or "/echo/idle",
-            workers=args.workers, concurrency=args.concurrency,
-            probe_requests=args.probe_requests, load_s=args.load, hold_s=args.hold, out=out,
-            command=command)
-        results = idle_conns.run(iopts)
-        print()
-        print(idle_conns.table(results))
-    print(f"\nwrote {out / 'results.json'} and {out / 'report.md'}")
-    return results
+        wrk_binary()  # fail before anything starts
+    return Options(
+        duration_s=getattr(args, "duration", 10.0), runs=getattr(args, "runs", 1),
+        connections=getattr(args, "connections", 50), threads=getattr(args, "threads", 1),
+        warmup_s=getattr(args, "warmup", 0.0), path=args.path,
+        workers=args.workers, peers=getattr(args, "peers", ()),
+        out=_out_dir(args.command, args.out), profile=getattr(args, "profile", False),
+        command=command, generator=generator, rate=getattr(args, "rate", 5000.0),
+        processes=getattr(args, "processes", 1), targets=targets)
+
+
+def _run(args: argparse.Namespace, opts: Any) -> dict[str, Any]:
+    from bench import suite
+
+    if args.command == "sweep":
+        from bench.modes import run_sweep
+
+        return run_sweep(args.scenario, opts, target_p99_ms=args.target_p99,
+                         start_rate=args.start_rate, max_rate=args.max_rate,
+                         resolution=args.resolution)
+    if args.command == "scale":
+        from bench.modes import run_scale
+
+        scenarios = args.scenarios or [SCENARIOS["passthrough"], SCENARIOS["full"]]
+        return run_scale(scenarios, opts, args.workers_list)
+    idle = suite.IdleOptions(connections=args.idle_connections, concurrency=args.concurrency,
+                             probe_requests=args.probe_requests, load_s=args.load,
+                             hold_s=args.hold)
+    scenarios = [SCENARIOS["idle-10k"]] if args.command == "idle" else args.scenario
+    return suite.run_suite(scenarios, opts, idle)
+
+
+def _list() -> None:
+    for name, scenario in SCENARIOS.items():
+        reason = scenario.skip_reason()
+        state = "runs" if reason is None else f"skipped ({reason})"
+        print(f"{name:13s} {scenario.description}\n{'':13s} {state}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "list":
-        for name, what in SCENARIOS.items():
-            print(f"{name:12s} {what}")
+        _list()
         return 0
+    if args.command == "compare":
+        from bench import compare
+
+        extra = [*(["--out", args.out] if args.out else []),
+                 *(["--threshold", args.threshold] if args.threshold else [])]
+        return compare.main([*args.files, *extra])
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a shell may
         signal.signal(signum, _interrupt)  # have started us with it ignored (cmd &)
     try:
-        _run(args, command)
+        opts = _options(args, command)
+        results = _run(args, opts)
     except BenchError as error:
         for line in str(error).splitlines():
             print(f"bench: {line}", file=sys.stderr)
@@ -168,6 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; every started process was stopped", file=sys.stderr)
         return 130
+    plots = results.get("plots", {})
+    print(f"\nwrote {opts.out}/results.json, report.md" +
+          "".join(f", {name}" for name in plots.get("files", [])))
+    if plots.get("error"):
+        print(f"bench: {plots['error']}", file=sys.stderr)
     return 0
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -50,6 +51,7 @@ from bench.procs import (
     tree_pids,
 )
 from bench.report import machine_info, machine_md, md_table, now_iso, write_results
+from bench.scenarios import idle_config
 from bench.wrk import run_wrk, wrk_binary
 
 RSS_GOAL_MB: Final = 150.0
@@ -260,9 +262,9 @@ def run(opts: Options) -> dict[str, Any]:
     started_at = now_iso()
     with Services() as services:
         backend = start_backend(services, opts.out)
-        fastgw: Target = start_fastgw(
-            services, opts.out, backend, workers=opts.workers,
-            max_connections=max(10000, opts.connections + FD_MARGIN), idle_timeout="30m")
+        fastgw: Target = start_fastgw(services, opts.out, backend, workers=opts.workers,
+                                      config=functools.partial(idle_config, max_connections=max(
+                                          10000, opts.connections + FD_MARGIN)))
         pids = tree_pids(fastgw.service.pid)
         baseline = probe_latency(fastgw.port, opts.path, opts.probe_requests)
         time.sleep(1.0)

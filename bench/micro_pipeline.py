@@ -6,6 +6,9 @@ it; the client transport records the answer. What is left is exactly the Python 
 work of the proxy path (parsing, kernels, stages, re-serialization, bookkeeping): the figure
 to optimise, free of syscall and scheduler noise. Run: ``python -m bench.micro_pipeline``
 (``--profile`` prints the top functions).
+
+``Harness`` (the two connections around a real plan) and ``RecordingTransport`` are shared
+with ``bench/micro_chain.py``, which runs several request shapes through the same objects.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import asyncio
 import cProfile
 import pstats
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvloop
 
@@ -26,6 +30,8 @@ from fastgw.http.upstream import UpstreamProtocol
 from fastgw.plan import Plan, make_pools
 from fastgw.worker_context import WorkerContext
 
+T = TypeVar("T")
+
 REQUEST = (
     b"GET /echo/x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: bench\r\n"
     b"Accept: */*\r\n\r\n"
@@ -34,21 +40,37 @@ RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Metald-Instance: m\r\n"
     b"Content-Length: 27\r\n\r\n" + b'{"ok":true,"padding":"xxx"}'
 )
+# Port 9 (discard) is never connected to: the one backend connection is put in the pool by hand.
+PIPELINE_CONFIG: Mapping[str, Any] = {
+    "routing": {"metald_instances": [{"host": "127.0.0.1", "port": 9}]},
+    "routes": [{"endpoint": "Echo", "path_prefix": "/echo", "auth": "none"}],
+}
 
 
 class RecordingTransport:
-    """Just enough of a transport: records what is written, never blocks."""
+    """Just enough of a transport: keeps a reference to the last write (no copy, no counter:
+    counting bytes in a Python int would allocate, and land in micro_chain's allocation
+    figures), so a caller can check what a client or the backend got."""
 
     def __init__(self) -> None:
-        self.written = 0
+        self.last: bytes | Sequence[bytes] = b""
         self.closed = False
 
     def write(self, data: bytes) -> None:
-        self.written += len(data)
+        self.last = data
 
-    def writelines(self, parts: Any) -> None:
-        for part in parts:
-            self.written += len(part)
+    def writelines(self, parts: Sequence[bytes]) -> None:
+        self.last = parts
+
+    def last_bytes(self) -> bytes:
+        return self.last if isinstance(self.last, bytes) else b"".join(self.last)
+
+    def last_status(self) -> int:
+        """The status of the response in the last write (0 when it does not start one)."""
+        data = self.last_bytes()
+        if not data.startswith(b"HTTP/1.1 "):
+            return 0
+        return int(data[9:12])
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 5555) if name == "peername" else default
@@ -75,42 +97,63 @@ class RecordingTransport:
         return 0
 
 
-def feed(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
+def feed(protocol: DownstreamProtocol | UpstreamProtocol, data: bytes) -> None:
+    """Deliver ``data`` the way the event loop does: into the protocol's buffer, one read."""
     buffer = protocol.get_buffer(len(data))
     buffer[: len(data)] = data
     protocol.buffer_updated(len(data))
 
 
+class Harness:
+    """One client connection and one pooled backend connection of a real worker plan.
+
+    Build it inside a running loop (``UpstreamProtocol.connection_made`` asks for it). Every
+    ``exchange`` is one request: the client's bytes, then (for a request the gateway forwards)
+    the backend's answer, each as one read, as a keep-alive connection sees them.
+    """
+
+    def __init__(self, config_data: Mapping[str, Any] = PIPELINE_CONFIG) -> None:
+        loop = asyncio.get_running_loop()
+        config = parse_config(dict(config_data), base_dir=Path.cwd(), env={})
+        self.ctx = ctx = WorkerContext(loop)
+        pools = make_pools(config, loop, ctx.read_buffer)
+        ctx.plan = Plan(config, pools, workers=1)
+        self.client_transport = RecordingTransport()
+        self.upstream_transport = RecordingTransport()
+        self.client = DownstreamProtocol(ctx)
+        self.client.connection_made(self.client_transport)  # type: ignore[arg-type]
+        self.upstream = UpstreamProtocol(pools[0], ctx.read_buffer)
+        self.upstream.connection_made(self.upstream_transport)  # type: ignore[arg-type]
+        pools[0].release(self.upstream)
+
+    def exchange(self, request: bytes, response: bytes | None) -> None:
+        feed(self.client, request)
+        if response is not None:
+            feed(self.upstream, response)
+
+
+def in_loop(fn: Callable[[], T]) -> T:
+    """``fn()`` called from a callback of a fresh uvloop loop, where the gateway's code runs."""
+
+    async def call() -> T:
+        return fn()
+
+    return uvloop.run(call())
+
+
 async def measure(requests: int, profile: bool) -> float:
-    loop = asyncio.get_running_loop()
-    config = parse_config(
-        {
-            "routing": {"metald_instances": [{"host": "127.0.0.1", "port": 9}]},
-            "routes": [{"endpoint": "Echo", "path_prefix": "/echo", "auth": "none"}],
-        },
-        base_dir=Path.cwd(),
-        env={},
-    )
-    ctx = WorkerContext(loop)
-    pools = make_pools(config, loop, ctx.read_buffer)
-    ctx.plan = Plan(config, pools, workers=1)
-    client = DownstreamProtocol(ctx)
-    client.connection_made(RecordingTransport())  # type: ignore[arg-type]
-    upstream = UpstreamProtocol(pools[0], ctx.read_buffer)
-    upstream.connection_made(RecordingTransport())  # type: ignore[arg-type]
-    pools[0].release(upstream)
+    harness = Harness()
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()
     started = time.process_time()
     for _ in range(requests):
-        feed(client, REQUEST)
-        feed(upstream, RESPONSE)
+        harness.exchange(REQUEST, RESPONSE)
     elapsed = time.process_time() - started
     if profiler:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
-    assert ctx.requests_done == requests, "requests did not complete"
+    assert harness.ctx.requests_done == requests, "requests did not complete"
     return elapsed / requests * 1e6
 
 

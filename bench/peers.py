@@ -8,8 +8,8 @@ the comparison is between proxy implementations, not between their defaults:
   ``access_log off``; ``keepalive_requests`` raised on both sides (the default 1000 would make
   nginx -- and only nginx -- close and reopen connections during the run).
 - HAProxy: ``mode http``, ``http-reuse always``, ``nbthread`` = workers, no logging.
-- fastgw: one route ``{endpoint: Passthrough, path_prefix: /, auth: none}``, metrics off,
-  logging at ``warning`` (no access log), default limits otherwise.
+- fastgw: the scenario's config (:mod:`bench.scenarios`); for passthrough one route
+  ``{endpoint: Passthrough, path_prefix: /, auth: none}``, metrics off, logging at ``warning``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -27,9 +28,9 @@ from typing import Final
 import yaml
 
 from bench.procs import BenchError, Service, Services
+from bench.scenarios import HOST, ConfigBuilder, passthrough_config
 from fastgw.listen import free_port
 
-HOST: Final = "127.0.0.1"
 PEERS: Final = ("nginx", "haproxy")
 PROBE_TIMEOUT_S: Final = 20.0
 FASTGW_READY: Final = r"fastgw listening on http://\S+ \((\d+) workers?, pid (\d+)\)"
@@ -67,42 +68,25 @@ def start_backend(services: Services, workdir: Path, name: str = "bench-backend"
     return Target("backend", service, port)
 
 
-def fastgw_config(backend_port: int, port: int, *, max_connections: int = 10000,
-                  idle_timeout: str = "2m") -> dict[str, object]:
-    return {
-        "gateway": {
-            "server": {
-                "host": HOST, "port": port,
-                "timeouts": {"idle": idle_timeout},
-                "limits": {"max_connections": max_connections},
-            },
-            "observability": {
-                "metrics": {"enabled": False},
-                "logging": {"level": "warning", "format": "text", "output": "stderr"},
-            },
-        },
-        "routing": {"metald_instances": [{"host": HOST, "port": backend_port}]},
-        "routes": [{"endpoint": "Passthrough", "path_prefix": "/", "auth": "none"}],
-    }
-
-
-def start_fastgw(services: Services, workdir: Path, backend: Target, *, workers: int,
-                 max_connections: int = 10000, idle_timeout: str = "2m") -> Target:
+def start_fastgw(services: Services, workdir: Path, backends: Target | Sequence[Target], *,
+                 workers: int, config: ConfigBuilder = passthrough_config) -> Target:
+    """fastgw in front of ``backends``, configured by the scenario's ``config`` builder."""
+    ports = [backends.port] if isinstance(backends, Target) else [b.port for b in backends]
     port = free_port()
-    config = workdir / "fastgw.yaml"
-    config.write_text(yaml.safe_dump(
-        fastgw_config(backend.port, port, max_connections=max_connections,
-                      idle_timeout=idle_timeout), sort_keys=False))
+    path = workdir / "fastgw.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config(ports, port), sort_keys=False))
     service = Service(
         name="fastgw",
-        argv=[sys.executable, "-m", "fastgw", "serve", "-c", str(config),
+        argv=[sys.executable, "-m", "fastgw", "serve", "-c", str(path),
               "--workers", str(workers), "--drain-timeout", "2s"],
         log_path=workdir / "logs" / "fastgw.log", env=python_env(), ready_pattern=FASTGW_READY)
     services.start(service)
     return Target("fastgw", service, port)
 
 
-def nginx_config(prefix: Path, backend_port: int, port: int, workers: int) -> str:
+def nginx_config(prefix: Path, backend_ports: Sequence[int], port: int, workers: int) -> str:
+    servers = "\n".join(f"        server {HOST}:{p};" for p in backend_ports)
     user = "user root;\n" if os.geteuid() == 0 else ""
     temp = "\n".join(f"    {kind}_temp_path {prefix}/tmp/{kind};"
                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -119,7 +103,7 @@ http {{
     keepalive_requests 1000000;
     keepalive_timeout 120s;
     upstream backend {{
-        server {HOST}:{backend_port};
+{servers}
         keepalive 64;
         keepalive_requests 1000000;
     }}
@@ -135,7 +119,8 @@ http {{
 """
 
 
-def start_nginx(services: Services, workdir: Path, backend: Target, *, workers: int) -> Target:
+def start_nginx(services: Services, workdir: Path, backends: Sequence[Target], *,
+                workers: int) -> Target:
     binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
                                        else None)
     if binary is None:
@@ -144,7 +129,7 @@ def start_nginx(services: Services, workdir: Path, backend: Target, *, workers: 
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_config(prefix, backend.port, port, workers))
+    conf.write_text(nginx_config(prefix, [b.port for b in backends], port, workers))
     check = subprocess.run([binary, "-t", "-c", str(conf), "-p", str(prefix)],
                            capture_output=True, text=True, timeout=20, check=False)
     if check.returncode != 0:
@@ -158,7 +143,9 @@ def start_nginx(services: Services, workdir: Path, backend: Target, *, workers: 
     return target
 
 
-def haproxy_config(backend_port: int, port: int, workers: int) -> str:
+def haproxy_config(backend_ports: Sequence[int], port: int, workers: int) -> str:
+    servers = "\n".join(f"    server backend{i} {HOST}:{p}"
+                        for i, p in enumerate(backend_ports, start=1))
     return f"""# generated by bench/peers.py
 global
     nbthread {workers}
@@ -178,11 +165,12 @@ frontend bench
     default_backend metald
 
 backend metald
-    server backend1 {HOST}:{backend_port}
+{servers}
 """
 
 
-def start_haproxy(services: Services, workdir: Path, backend: Target, *, workers: int) -> Target:
+def start_haproxy(services: Services, workdir: Path, backends: Sequence[Target], *,
+                  workers: int) -> Target:
     binary = shutil.which("haproxy") or ("/usr/sbin/haproxy"
                                          if Path("/usr/sbin/haproxy").exists() else None)
     if binary is None:
@@ -190,7 +178,7 @@ def start_haproxy(services: Services, workdir: Path, backend: Target, *, workers
     port = free_port()
     conf = workdir / "haproxy" / "haproxy.cfg"
     conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(haproxy_config(backend.port, port, workers))
+    conf.write_text(haproxy_config([b.port for b in backends], port, workers))
     check = subprocess.run([binary, "-c", "-f", str(conf)], capture_output=True, text=True,
                            timeout=20, check=False)
     if check.returncode != 0:
@@ -203,12 +191,13 @@ def start_haproxy(services: Services, workdir: Path, backend: Target, *, workers
     return target
 
 
-def start_peer(name: str, services: Services, workdir: Path, backend: Target, *,
+def start_peer(name: str, services: Services, workdir: Path, backends: Sequence[Target], *,
                workers: int) -> Target:
+    """A peer proxy balancing round robin over ``backends``, as fastgw does."""
     if name == "nginx":
-        return start_nginx(services, workdir, backend, workers=workers)
+        return start_nginx(services, workdir, backends, workers=workers)
     if name == "haproxy":
-        return start_haproxy(services, workdir, backend, workers=workers)
+        return start_haproxy(services, workdir, backends, workers=workers)
     raise BenchError(f"unknown peer {name!r} (known: {', '.join(PEERS)})")
 
 

@@ -165,6 +165,10 @@ def memory_of(pids: Iterable[int]) -> Memory:
 class CpuSnapshot:
     procs: dict[int, ProcStat]
 
+    @property
+    def total_ticks(self) -> int:
+        return sum(stat.cpu_ticks for stat in self.procs.values())
+
 
 def cpu_snapshot(pids: Iterable[int]) -> CpuSnapshot:
     stats = (read_stat(pid) for pid in pids)

@@ -31,8 +31,8 @@ from bench.report import md_table
 from bench.wrk import run_wrk
 
 if TYPE_CHECKING:
-    from bench.passthrough import Options
     from bench.peers import Target
+    from bench.runner import Options
 
 RATE_HZ: Final = 200
 PERF_HZ: Final = 999
@@ -90,7 +90,7 @@ def py_spy_profile(target: Target, opts: Options) -> dict[str, Any]:
     spy = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(ATTACH_S)
-        run_wrk(target.url(opts.path), duration_s=seconds, connections=opts.connections,
+        run_wrk(target.url(opts.path or "/"), duration_s=seconds, connections=opts.connections,
                 threads=opts.threads, script_dir=opts.out)
         output, _ = spy.communicate(timeout=seconds + 30)
     finally:
@@ -132,7 +132,7 @@ def perf_profile(target: Target, opts: Options) -> dict[str, Any] | None:
         time.sleep(ATTACH_S)
         if perf.poll() is not None:  # e.g. perf_event_paranoid forbids it
             return {"error": (perf.stdout.read() if perf.stdout else "")[-500:]}
-        run_wrk(target.url(opts.path), duration_s=seconds, connections=opts.connections,
+        run_wrk(target.url(opts.path or "/"), duration_s=seconds, connections=opts.connections,
                 threads=opts.threads, script_dir=opts.out)
         perf.send_signal(signal.SIGINT)
         perf.communicate(timeout=60)

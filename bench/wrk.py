@@ -17,10 +17,10 @@ import resource
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from bench.loadgen import LoadResult
 from bench.procs import BenchError
 
 MARKER: Final = "BENCH_WRK_JSON "
@@ -51,30 +51,7 @@ def lua_script() -> str:
     ])
 
 
-@dataclass(frozen=True)
-class WrkResult:
-    duration_s: float
-    requests: int
-    bytes: int
-    errors: dict[str, int]  # connect, read, write, timeout (socket errors); status (>= 400)
-    latency_ms: dict[str, float]  # mean, stdev, max, p50 ... p999
-    cpu_s: float  # wrk's own user + system CPU
-    output: str  # wrk's human-readable summary
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.duration_s if self.duration_s else 0.0
-
-    @property
-    def error_total(self) -> int:
-        return sum(self.errors.values())
-
-    def as_json(self) -> dict[str, object]:
-        return {"duration_s": round(self.duration_s, 3), "requests": self.requests,
-                "bytes": self.bytes, "rps": round(self.rps, 1), "errors": self.errors,
-                "error_total": self.error_total,
-                "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
-                "wrk_cpu_s": round(self.cpu_s, 3)}
+WrkResult = LoadResult  # the name other modules imported before LoadResult existed
 
 
 def wrk_binary() -> str:

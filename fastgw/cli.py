@@ -21,6 +21,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_duration(text: str) -> float:
+    """argparse type: a duration > 0 in seconds (``10s``, ``500ms``; shared with the bench)."""
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration > 0, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)

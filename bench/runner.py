@@ -1,0 +1,288 @@
+"""One load scenario: fastgw and its peers in front of the same backends, measured alternately.
+
+The scenario (:mod:`bench.scenarios`) gives fastgw's config and the traffic; every proxy gets
+the same backends and the same number of workers. Runs alternate between the targets
+(fastgw, nginx, haproxy, fastgw, ...) so that slow drifts of a noisy machine hit all alike.
+Each run is one load-generator run (wrk, closed loop; or the built-in open-loop generator at a
+fixed rate); around it the bench reads the CPU time of the proxy's process tree, of the
+backends and of the load generator, and samples the proxy's RSS.
+
+The figure to compare is **CPU-µs per request** of the proxy: CPU time (user + system) of
+master + workers during the run, divided by the requests completed. On a 2-core machine that
+the load generator, the backend and the proxy share, RPS says mostly who got the cores; CPU per
+request says what each request costs the proxy, and it stays put when a neighbour steals time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from bench import profile as pyspy
+from bench.loadgen import LoadResult
+from bench.peers import Target, get, start_backend, start_fastgw, start_peer
+from bench.procs import (
+    CLK_TCK,
+    BenchError,
+    RssSampler,
+    Services,
+    cpu_delta,
+    cpu_snapshot,
+    machine_cpu,
+    memory_of,
+    tree_pids,
+)
+from bench.progress import RunProgress
+from bench.report import median, now_iso
+from bench.scenarios import HOST, Scenario
+from bench.verdict import Targets
+
+SETTLE_S: Final = 1.0  # pause between runs (connections close, TIME_WAIT settles)
+NOISY_SHARE: Final = 0.1  # a run is "noisy" when others used more than this share of the CPUs
+LATENCY_KEYS: Final = ("p50", "p90", "p95", "p99", "p999")
+GENERATORS: Final = ("wrk", "openloop")
+
+
+@dataclass(frozen=True)
+class Options:
+    duration_s: float = 10.0
+    runs: int = 3
+    connections: int = 50
+    threads: int = 1  # wrk threads
+    warmup_s: float = 3.0
+    path: str | None = None  # None: the scenario's own
+    workers: int = 1
+    peers: tuple[str, ...] = ("nginx",)
+    out: Path = Path("bench/out/run")
+    profile: bool = False
+    command: str = ""
+    generator: str = "wrk"
+    rate: float = 5000.0  # open loop: requests per second offered
+    processes: int = 1  # open loop: generator processes
+    targets: Targets = dataclasses.field(default_factory=Targets)
+
+
+def request_bytes(path: str, port: int) -> bytes:
+    """The request the open-loop generator sends: what wrk sends for the same URL."""
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode("ascii")
+
+
+class LoadGenerator:
+    """The chosen generator, with the requests completed so far for the progress line."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.completed: int | None = None
+
+    def run(self, target: Target, duration_s: float) -> LoadResult:
+        opts = self.opts
+        if opts.generator == "wrk":
+            from bench.wrk import run_wrk
+
+            return run_wrk(target.url(opts.path or "/"), duration_s=duration_s,
+                           connections=opts.connections, threads=opts.threads,
+                           script_dir=opts.out)
+        from bench.openloop import Progress, Traffic, run_open_loop
+
+        def seen(tick: Progress) -> None:
+            self.completed = tick.completed
+
+        self.completed = 0
+        traffic = Traffic(HOST, target.port, (request_bytes(opts.path or "/", target.port),))
+        return run_open_loop(traffic, rate=opts.rate, duration_s=duration_s,
+                             connections=opts.connections, processes=opts.processes,
+                             progress=seen)
+
+
+def per_request_us(cpu_s: float, requests: int) -> float:
+    return cpu_s * 1e6 / requests if requests else float("nan")
+
+
+def measure(target: Target, backends: Sequence[Target], generator: LoadGenerator,
+            index: int) -> dict[str, Any]:
+    """One load run against ``target``, with CPU and memory around it."""
+    opts = generator.opts
+    proxy_pids = tree_pids(target.service.pid)
+    backend_pids = [pid for b in backends for pid in tree_pids(b.service.pid)]
+    if not proxy_pids:
+        raise BenchError(f"{target.name} is not running; log {target.service.log_path}:\n"
+                         f"{target.service.log_tail()}")
+    started_at = now_iso()
+    proxy_before, backend_before = cpu_snapshot(proxy_pids), cpu_snapshot(backend_pids)
+    machine_before = machine_cpu()
+    label = f"run {index}/{opts.runs} {target.name}"
+    with RssSampler({"proxy": proxy_pids, "backend": backend_pids}) as rss, \
+            RunProgress(label, opts.duration_s, target.service.pid,
+                        completed=lambda: generator.completed):
+        result = generator.run(target, opts.duration_s)
+    machine_after = machine_cpu()
+    proxy_after_pids = tree_pids(target.service.pid)
+    proxy = cpu_delta(proxy_before, cpu_snapshot(set(proxy_pids) | set(proxy_after_pids)))
+    back = cpu_delta(backend_before, cpu_snapshot(backend_pids))
+    memory = memory_of(proxy_after_pids)
+    busy_s = (machine_after.busy - machine_before.busy) / CLK_TCK
+    total = max(1, machine_after.total - machine_before.total)
+    other_s = busy_s - proxy.seconds - back.seconds - result.cpu_s
+    return {
+        "run": index, "target": target.name, "started_at": started_at,
+        "rps": round(result.rps, 1), "requests": result.requests,
+        "duration_s": round(result.duration_s, 3),
+        **{f"{k}_ms": round(result.latency_ms[k], 3) for k in LATENCY_KEYS},
+        "latency_ms": {k: round(v, 3) for k, v in result.latency_ms.items()},
+        "errors": result.error_total, "errors_by_kind": result.errors,
+        "cpu_us_per_request": round(per_request_us(proxy.seconds, result.requests), 2),
+        "user_us_per_request": round(per_request_us(proxy.user_s, result.requests), 2),
+        "system_us_per_request": round(per_request_us(proxy.system_s, result.requests), 2),
+        "backend_cpu_us_per_request": round(per_request_us(back.seconds, result.requests), 2),
+        "loadgen_cpu_us_per_request": round(per_request_us(result.cpu_s, result.requests), 2),
+        "proxy_cpu": proxy.as_json(), "backend_cpu": back.as_json(),
+        "loadgen_cpu_s": round(result.cpu_s, 3),
+        "offered_rps": result.offered_rps,
+        "rss_mb": round(rss.peak_kb["proxy"] / 1024, 2),
+        "backend_rss_mb": round(rss.peak_kb["backend"] / 1024, 2),
+        "memory_after": memory.as_json(),
+        "proxy_pids": proxy_after_pids,
+        "machine_busy_cpu_s": round(busy_s, 2),
+        "other_cpu_s": round(other_s, 2),
+        "steal_pct": round(100 * (machine_after.steal - machine_before.steal) / total, 2),
+        "noisy": other_s > NOISY_SHARE * result.duration_s * (os.cpu_count() or 1),
+        "loadgen_output": result.output,
+    }
+
+
+SUMMARY_MEDIANS: Final = ("rps", *(f"{k}_ms" for k in LATENCY_KEYS), "cpu_us_per_request",
+                          "user_us_per_request", "system_us_per_request",
+                          "backend_cpu_us_per_request", "loadgen_cpu_us_per_request")
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the runs (errors: total; peak RSS: max), and every run's record."""
+    kinds: dict[str, int] = {}
+    for r in runs:
+        for kind, count in r["errors_by_kind"].items():
+            kinds[kind] = kinds.get(kind, 0) + count
+    return {
+        **{key: round(median([float(r[key]) for r in runs]), 3) for key in SUMMARY_MEDIANS},
+        "errors": sum(int(r["errors"]) for r in runs),
+        "errors_by_kind": kinds,
+        "requests": sum(int(r["requests"]) for r in runs),
+        "rss_mb": max(float(r["rss_mb"]) for r in runs),
+        "process_changes": [{"run": r["run"], **r["proxy_cpu"]} for r in runs
+                            if r["proxy_cpu"]["exited"] or r["proxy_cpu"]["started"]],
+        "noisy_runs": [r["run"] for r in runs if r["noisy"]],
+        "runs": list(runs),
+    }
+
+
+def ratios(fastgw: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+    def ratio(a: float, b: float) -> float:
+        return round(a / b, 3) if b else float("nan")
+
+    paired = [ratio(f["cpu_us_per_request"], p["cpu_us_per_request"])
+              for f, p in zip(fastgw["runs"], peer["runs"], strict=False)]
+    return {
+        "cpu_us_per_request": ratio(fastgw["cpu_us_per_request"], peer["cpu_us_per_request"]),
+        "rps": ratio(fastgw["rps"], peer["rps"]),
+        "p50_ms": ratio(fastgw["p50_ms"], peer["p50_ms"]),
+        "p99_ms": ratio(fastgw["p99_ms"], peer["p99_ms"]),
+        "cpu_us_per_request_paired_runs": paired,
+    }
+
+
+def check_targets(targets: Sequence[Target], path: str) -> dict[str, Any]:
+    """One request through every target before measuring: each must answer 200."""
+    seen: dict[str, Any] = {}
+    for target in targets:
+        try:
+            status, headers, body = get(target.port, path)
+        except OSError as error:
+            raise BenchError(f"{target.name}: GET {path} failed: {error}; log "
+                             f"{target.service.log_path}:\n{target.service.log_tail()}") from None
+        if status != 200:
+            raise BenchError(f"{target.name}: GET {path} answered {status}: {body[:300]!r}; "
+                             f"log {target.service.log_path}:\n{target.service.log_tail()}")
+        seen[target.name] = {"status": status, "body_bytes": len(body),
+                             "headers": sorted(headers)}
+    return seen
+
+
+def log_problems(target: Target, limit: int = 30) -> list[str]:
+    """WARNING/ERROR/Traceback lines of a service's log (first ``limit``)."""
+    try:
+        lines = target.service.log_path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    keys = ("WARNING", "ERROR", "CRITICAL", "Traceback", "[warn]", "[error]", "[alert]",
+            "[crit]", "[emerg]")
+    return [line for line in lines if any(k in line for k in keys)][:limit]
+
+
+def run_load(scenario: Scenario, opts: Options) -> dict[str, Any]:
+    """Every run of one load scenario; its entry in ``results.json``'s ``scenarios``."""
+    assert scenario.gateway_config is not None, "skip_reason() is checked first"
+    opts = dataclasses.replace(opts, path=scenario.path if opts.path is None else opts.path)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    peers = tuple(p for p in opts.peers if p in scenario.peers)
+    targets: list[Target] = []
+    runs: dict[str, list[dict[str, Any]]] = {}
+    profile: dict[str, Any] | None = None
+    generator = LoadGenerator(opts)
+    with Services() as services:
+        backends = [start_backend(services, opts.out, name=f"bench-backend-{i + 1}")
+                    for i in range(scenario.backends)]
+        targets.append(start_fastgw(services, opts.out, backends, workers=opts.workers,
+                                    config=scenario.gateway_config))
+        for peer in peers:
+            targets.append(start_peer(peer, services, opts.out, backends,
+                                      workers=opts.workers))
+        probe = check_targets(targets, opts.path)
+        print(f"{scenario.name}: backends " + ", ".join(f":{b.port}" for b in backends) + "; "
+              + ", ".join(f"{t.name} :{t.port}" for t in targets), flush=True)
+        if opts.warmup_s > 0:
+            for target in targets:
+                generator.run(target, opts.warmup_s)
+        for index in range(1, opts.runs + 1):
+            for target in targets:
+                time.sleep(SETTLE_S)
+                record = measure(target, backends, generator, index)
+                runs.setdefault(target.name, []).append(record)
+                print(f"run {index}/{opts.runs} {target.name:8s} {record['rps']:>9,.0f} rps  "
+                      f"p50 {record['p50_ms']:.2f} ms  p99 {record['p99_ms']:.2f} ms  "
+                      f"errors {record['errors']}  "
+                      f"{record['cpu_us_per_request']:.1f} CPU-µs/req  "
+                      f"rss {record['rss_mb']:.1f} MB", flush=True)
+                if not target.service.alive():
+                    raise BenchError(f"{target.name} died during run {index}; log "
+                                     f"{target.service.log_path}:\n{target.service.log_tail()}")
+        if opts.profile:
+            profile = pyspy.profile_fastgw(targets[0], opts)
+        problems = {t.name: log_problems(t) for t in [*backends, *targets]}
+        exit_codes = services.stop_all()
+    summary = {t.name: summarize(runs[t.name]) for t in targets}
+    pairs = {f"fastgw/{p}": ratios(summary["fastgw"], summary[p]) for p in peers}
+    not_run = [p for p in opts.peers if p not in peers]
+    return {
+        "status": "ran",
+        "shape": "load",
+        "reason": None,
+        "description": scenario.description,
+        "generator": opts.generator,
+        "settings": {"duration_s": opts.duration_s, "runs": opts.runs,
+                     "connections": opts.connections, "threads": opts.threads,
+                     "warmup_s": opts.warmup_s, "path": opts.path, "workers": opts.workers,
+                     "peers": list(peers), "generator": opts.generator,
+                     **({"rate": opts.rate, "processes": opts.processes}
+                        if opts.generator == "openloop" else {})},
+        "peers_not_run": {p: f"no {p} config for {scenario.name} yet" for p in not_run},
+        "probe": probe,
+        "targets": summary,
+        "ratios": pairs,
+        "log_problems": problems,
+        "exit_codes": exit_codes,
+        "profile": profile,
+    }

@@ -1,0 +1,227 @@
+"""``python -m bench run``: several scenarios in one run, one ``results.json`` for all.
+
+``results.json`` (schema 2) holds ``machine``, ``settings`` and ``scenarios``: per scenario its
+``status`` (``ran`` or ``skipped`` with the ``reason``), per target the medians and every run,
+the ratios of fastgw to each peer and the ``verdict``. When exactly one scenario ran, its
+``targets`` are also at the top level (``results["targets"]["fastgw"]["rps"]``), as the
+command's contract promises. ``report.md`` says the same in tables; the PNG plots are drawn
+from ``results.json`` alone (:mod:`bench.plots`), so any saved file can be re-plotted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from bench import idle_conns, runner
+from bench.report import machine_info, machine_md, md_table, now_iso, write_results
+from bench.scenarios import Scenario
+from bench.verdict import (
+    IDLE_KEYS,
+    LOAD_KEYS,
+    PROJECT,
+    RATIO_PREFIX,
+    REFERENCE_IDLE,
+    REFERENCE_LOAD,
+    judge,
+    verdict_md,
+)
+
+SCHEMA: Final = 2
+
+
+@dataclass(frozen=True)
+class IdleOptions:
+    connections: int = 10000
+    concurrency: int = 200
+    probe_requests: int = 200
+    load_s: float = 3.0
+    hold_s: float = 5.0
+
+
+def _load_limit(key: str) -> bool:
+    return key in LOAD_KEYS or key.startswith(RATIO_PREFIX)
+
+
+def run_idle(scenario: Scenario, opts: runner.Options, idle: IdleOptions) -> dict[str, Any]:
+    """The idle scenario (:mod:`bench.idle_conns`) as a suite entry."""
+    done = idle_conns.run(idle_conns.Options(
+        connections=idle.connections, path=opts.path or scenario.path, workers=opts.workers,
+        concurrency=idle.concurrency, probe_requests=idle.probe_requests, load_s=idle.load_s,
+        hold_s=idle.hold_s, out=opts.out, command=opts.command))
+    fastgw = done["targets"]["fastgw"]
+    fastgw["probe_p99_ms"] = fastgw["latency_with_idle"]["p99_ms"]
+    return {"status": "ran", "shape": "idle", "reason": None,
+            "description": scenario.description, "generator": "idle-client",
+            "settings": done["settings"], "targets": {"fastgw": fastgw}, "ratios": {},
+            "log_problems": done["log_problems"], "exit_codes": done["exit_codes"]}
+
+
+def run_suite(scenarios: Sequence[Scenario], opts: runner.Options,
+              idle: IdleOptions = IdleOptions()) -> dict[str, Any]:
+    machine = machine_info()
+    started_at = now_iso()
+    entries: dict[str, dict[str, Any]] = {}
+    for scenario in scenarios:
+        reason = scenario.skip_reason()
+        if reason is not None:
+            print(f"{scenario.name}: skipped: {reason}", flush=True)
+            entries[scenario.name] = {"status": "skipped", "reason": reason,
+                                      "description": scenario.description}
+            continue
+        scoped = dataclasses.replace(opts, out=opts.out / scenario.name)
+        if scenario.shape == "idle":
+            entry = run_idle(scenario, scoped, idle)
+            limits = REFERENCE_IDLE + tuple(
+                lim for lim in opts.targets.for_scenario(scenario.name) if lim.key in IDLE_KEYS)
+        else:
+            entry = runner.run_load(scenario, scoped)
+            limits = REFERENCE_LOAD + PROJECT.get(scenario.name, ()) + tuple(
+                lim for lim in opts.targets.for_scenario(scenario.name) if _load_limit(lim.key))
+        entry["verdict"] = judge(entry["targets"]["fastgw"], entry["ratios"], limits)
+        entries[scenario.name] = entry
+        print(f"{scenario.name}: verdict {'PASS' if entry['verdict']['passed'] else 'FAIL'}",
+              flush=True)
+    results: dict[str, Any] = {
+        "schema": SCHEMA, "kind": "run", "command": opts.command,
+        "started_at": started_at, "finished_at": now_iso(), "machine": machine,
+        "settings": {"scenarios": [s.name for s in scenarios], "workers": opts.workers,
+                     "peers": list(opts.peers), "generator": opts.generator},
+        "scenarios": entries,
+    }
+    ran = [name for name, e in entries.items() if e["status"] == "ran"]
+    if len(ran) == 1:
+        results["scenario"] = ran[0]
+        results["targets"] = entries[ran[0]]["targets"]
+    write_all(results, opts)
+    return results
+
+
+def write_all(results: dict[str, Any], opts: runner.Options) -> None:
+    """results.json, report.md and the plots (when matplotlib is there: the figures do not
+    depend on it, so its absence costs only the pictures, with a note saying so)."""
+    try:
+        from bench.plots import write_plots
+    except ImportError as error:
+        results["plots"] = {"error": f"no plots: {error} (pip install 'fastgw[bench]')"}
+    else:
+        results["plots"] = {"files": [p.name for p in write_plots(results, opts.out)]}
+    write_results(opts.out, results, markdown(results))
+
+
+# -- report.md ------------------------------------------------------------------------------
+
+
+def load_table(entry: dict[str, Any]) -> str:
+    header = ["target", "RPS", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "p99.9 ms", "errors",
+              "CPU-µs/req", "(user + sys)", "backend CPU-µs/req", "loadgen CPU-µs/req",
+              "peak RSS MB"]
+    rows = [[name, t["rps"], t["p50_ms"], t["p90_ms"], t["p95_ms"], t["p99_ms"], t["p999_ms"],
+             t["errors"], t["cpu_us_per_request"],
+             f"{t['user_us_per_request']:.1f} + {t['system_us_per_request']:.1f}",
+             t["backend_cpu_us_per_request"], t["loadgen_cpu_us_per_request"], t["rss_mb"]]
+            for name, t in entry["targets"].items()]
+    lines = [md_table(header, rows), ""]
+    for pair, r in entry["ratios"].items():
+        paired = ", ".join(f"{x:.2f}" for x in r["cpu_us_per_request_paired_runs"])
+        lines.append(f"- **{pair}**: CPU-µs/req x{r['cpu_us_per_request']:.2f} (per run pair: "
+                     f"{paired}), RPS x{r['rps']:.2f}, p50 x{r['p50_ms']:.2f}, "
+                     f"p99 x{r['p99_ms']:.2f}")
+    errors = {name: t["errors_by_kind"] for name, t in entry["targets"].items()
+              if any(t["errors_by_kind"].values())}
+    for name, kinds in errors.items():
+        lines.append(f"- {name} errors by kind: " + ", ".join(
+            f"{k} {v}" for k, v in kinds.items() if v))
+    return "\n".join(lines)
+
+
+def runs_table(entry: dict[str, Any]) -> str:
+    return md_table(
+        ["target", "run", "RPS", "p50 ms", "p99 ms", "errors", "CPU-µs/req", "backend",
+         "loadgen", "other CPU s", "steal %"],
+        [[r["target"], f"{r['run']}{' (noisy)' if r['noisy'] else ''}", r["rps"],
+          r["p50_ms"], r["p99_ms"], r["errors"], r["cpu_us_per_request"],
+          r["backend_cpu_us_per_request"], r["loadgen_cpu_us_per_request"], r["other_cpu_s"],
+          r["steal_pct"]]
+         for t in entry["targets"].values() for r in t["runs"]])
+
+
+def sweep_md(entry: dict[str, Any]) -> str:
+    parts = []
+    for name, t in entry["targets"].items():
+        best = "none (even the first rate missed)" if t["best_rate"] is None else (
+            f"{t['best_rate']:,.0f} req/s")
+        parts += [f"**{name}**: highest rate with p99 ≤ {t['target_p99_ms']:g} ms: {best}", "",
+                  md_table(["offered req/s", "RPS", "p50 ms", "p99 ms", "p99.9 ms", "errors",
+                            "CPU-µs/req", "result"],
+                           [[s["rate"], s["rps"], s["p50_ms"], s["p99_ms"], s["p999_ms"],
+                             s["errors"], s["cpu_us_per_request"], "ok" if s["ok"] else s["why"]]
+                            for s in t["steps"]]), ""]
+    return "\n".join(parts)
+
+
+def scale_md(entry: dict[str, Any]) -> str:
+    rows = [[name, p["workers"], p["rps"], p["efficiency"], p["p50_ms"], p["p99_ms"],
+             p["errors"], p["cpu_us_per_request"], p["rss_mb"],
+             "yes" if p["oversubscribed"] else ""]
+            for name, t in entry["targets"].items() for p in t["points"]]
+    return md_table(["target", "workers", "RPS", "efficiency vs linear", "p50 ms", "p99 ms",
+                     "errors", "CPU-µs/req", "peak RSS MB", "fewer cores than 2 x workers"], rows)
+
+
+def scenario_md(name: str, entry: dict[str, Any]) -> list[str]:
+    parts = [f"## {name}", "", entry["description"] + ".", ""]
+    if entry["status"] == "skipped":
+        return [*parts, f"Skipped: {entry['reason']}.", ""]
+    if entry["shape"] == "sweep":
+        return [*parts, sweep_md(entry), ""]
+    if entry["shape"] == "scale":
+        return [*parts, scale_md(entry), ""]
+    if entry["shape"] == "idle":
+        return [*parts, idle_conns.table({"settings": entry["settings"],
+                                          "targets": entry["targets"]}), "",
+                verdict_md(entry["verdict"]), ""]
+    s = entry["settings"]
+    load = (f"wrk -t{s['threads']} -c{s['connections']} (closed loop)"
+            if s["generator"] == "wrk" else
+            f"open loop at {s['rate']:,.0f} req/s over {s['connections']} connections "
+            f"({s['processes']} process(es)), latency from the intended send time")
+    parts += [f"{s['runs']} runs x {s['duration_s']:g} s per target, alternating; {load}; "
+              f"GET {s['path']}; {s['workers']} worker(s) each. Figures are medians over the "
+              "runs (errors: total; peak RSS: max). CPU-µs/req = (utime+stime of master+workers "
+              "during the run) / requests completed.", "", load_table(entry), "",
+              verdict_md(entry["verdict"]), "", "Per run:", "", runs_table(entry), ""]
+    notes = [f"- {p}: not run: {why}" for p, why in entry["peers_not_run"].items()]
+    notes += [f"- {n}: process tree changed during run(s) {t['process_changes']}"
+              for n, t in entry["targets"].items() if t["process_changes"]]
+    notes += [f"- {n}: run(s) {t['noisy_runs']} noisy: other processes used more than "
+              f"{runner.NOISY_SHARE:.0%} of the machine's CPU (see \"other CPU s\")"
+              for n, t in entry["targets"].items() if t["noisy_runs"]]
+    notes += [f"- {n} log: `{line}`" for n, lines in entry["log_problems"].items()
+              for line in lines[:10]]
+    if notes:
+        parts += ["Incidents:", "", *notes, ""]
+    if entry.get("profile"):
+        from bench import profile as pyspy
+
+        parts += [pyspy.profile_md(entry["profile"]), ""]
+    return parts
+
+
+def markdown(results: dict[str, Any]) -> str:
+    parts = [f"# fastgw benchmark — {results['started_at']}", "", f"`{results['command']}`",
+             "", machine_md(results["machine"]), ""]
+    summary = [[name, e["status"], e.get("reason") or "",
+                "" if "verdict" not in e else ("PASS" if e["verdict"]["passed"] else "FAIL")]
+               for name, e in results["scenarios"].items()]
+    parts += [md_table(["scenario", "status", "why skipped", "verdict"], summary), ""]
+    for name, entry in results["scenarios"].items():
+        parts += scenario_md(name, entry)
+    plots = results.get("plots", {})
+    if plots.get("files"):
+        parts += ["## Plots", "", *[f"![{f}]({f})" for f in plots["files"]], ""]
+    elif plots.get("error"):
+        parts += [plots["error"], ""]
+    return "\n".join(parts)

@@ -1,0 +1,116 @@
+"""The sweep's search and judgement, against a fake target with a known knee.
+
+The fake is deterministic on purpose: these tests check the search (doubling, bisection,
+stopping rules) and the verdict text, not a system; the generator itself is tested for real in
+tests/system/test_bench_openloop.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.loadgen import LoadResult
+from bench.sweep import Step, find_max_rate, judge
+
+TARGET_P99_MS = 10.0
+
+
+def result(rate: float, *, p99_ms: float = 1.0, achieved: float | None = None,
+           errors: dict[str, int] | None = None, duration_s: float = 10.0) -> LoadResult:
+    completed = round((rate if achieved is None else achieved) * duration_s)
+    kinds = {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status": 0, **(errors or {})}
+    latency = {"mean": p99_ms / 2, "stdev": 0.1, "max": p99_ms * 2, "p50": p99_ms / 3,
+               "p75": p99_ms / 2, "p90": p99_ms / 1.5, "p95": p99_ms / 1.2, "p99": p99_ms,
+               "p999": p99_ms * 1.5}
+    return LoadResult(duration_s=duration_s, requests=completed, bytes=completed * 100,
+                      errors=kinds, latency_ms=latency, cpu_s=1.0, output="",
+                      offered_rps=rate, sent=completed, generator="openloop")
+
+
+class Knee:
+    """A target whose p99 is 2 ms up to ``knee`` req/s and grows steeply past it."""
+
+    def __init__(self, knee: float) -> None:
+        self.knee = knee
+        self.asked: list[float] = []
+
+    def __call__(self, rate: float) -> LoadResult:
+        self.asked.append(rate)
+        p99 = 2.0 if rate <= self.knee else 2.0 + (rate - self.knee) * 0.1
+        return result(rate, p99_ms=p99)
+
+
+@pytest.mark.parametrize("knee", [1_234.0, 5_000.0, 7_777.0, 31_000.0])
+def test_finds_the_knee_within_resolution(knee: float) -> None:
+    measure = Knee(knee)
+    steps: list[Step] = []
+    found = find_max_rate(measure, target_p99_ms=TARGET_P99_MS, start_rate=500,
+                          max_rate=100_000, resolution=0.05, max_steps=20,
+                          on_step=steps.append)
+    limit = knee + (TARGET_P99_MS - 2.0) / 0.1  # where p99 reaches the target exactly
+    assert found.best_rate is not None
+    assert limit * 0.95 <= found.best_rate <= limit
+    assert [s.rate for s in found.steps] == measure.asked == [s.rate for s in steps]
+    first_fail = next(i for i, s in enumerate(found.steps) if not s.ok)
+    assert all(s.ok for s in found.steps[:first_fail])  # doubling until the first failure
+    assert [s.rate for s in found.steps[:first_fail + 1]] == [
+        500 * 2 ** i for i in range(first_fail + 1)]
+    assert found.target_p99_ms == TARGET_P99_MS
+
+
+def test_bisection_stops_at_max_steps() -> None:
+    measure = Knee(3_000.0)
+    found = find_max_rate(measure, target_p99_ms=TARGET_P99_MS, start_rate=100,
+                          max_rate=1e6, resolution=1e-9, max_steps=8)
+    assert len(found.steps) == 8
+    assert found.best_rate == max(s.rate for s in found.steps if s.ok)
+
+
+def test_best_rate_is_none_when_start_rate_fails() -> None:
+    measure = Knee(100.0)
+    found = find_max_rate(measure, target_p99_ms=TARGET_P99_MS, start_rate=1_000,
+                          max_rate=10_000)
+    assert found.best_rate is None
+    assert measure.asked == [1_000]  # nothing below start_rate is tried
+    assert not found.steps[0].ok
+    assert found.steps[0].why.startswith("p99 ")
+
+
+def test_stops_at_max_rate_when_everything_passes() -> None:
+    measure = Knee(1e9)
+    found = find_max_rate(measure, target_p99_ms=TARGET_P99_MS, start_rate=1_000,
+                          max_rate=5_000)
+    assert measure.asked == [1_000, 2_000, 4_000, 5_000]  # capped, never above max_rate
+    assert found.best_rate == 5_000
+    assert all(s.ok and s.why == "" for s in found.steps)
+
+
+def test_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError):
+        find_max_rate(Knee(1.0), target_p99_ms=10, start_rate=0, max_rate=10)
+    with pytest.raises(ValueError):
+        find_max_rate(Knee(1.0), target_p99_ms=10, start_rate=20, max_rate=10)
+
+
+def test_each_failure_names_its_reason() -> None:
+    slow = judge(10_000, result(10_000, p99_ms=12.34), target_p99_ms=10)
+    assert not slow.ok and slow.why == "p99 12.3 ms > 10 ms"
+
+    short = judge(10_000, result(10_000, achieved=8_100), target_p99_ms=10)
+    assert not short.ok and short.why == "achieved 8,100 rps < 95% of 10,000"
+
+    # 1.2% of the attempts failed to connect: no response, so they are not in `requests`.
+    failing = judge(1_000, result(1_000, achieved=988, errors={"connect": 120}),
+                    target_p99_ms=10)
+    assert not failing.ok and failing.why == "errors 1.2% > 0.1%"
+
+    statuses = judge(1_000, result(1_000, errors={"status": 10_000}), target_p99_ms=10)
+    assert not statuses.ok and statuses.why == "errors 100% > 0.1%"
+
+    everything = judge(10_000, result(10_000, p99_ms=50, achieved=5_000,
+                                      errors={"timeout": 5_000}), target_p99_ms=10)
+    assert everything.why.split("; ") == [
+        "p99 50.0 ms > 10 ms", "achieved 5,000 rps < 95% of 10,000", "errors 9.09% > 0.1%"]
+
+    fine = judge(10_000, result(10_000, p99_ms=9.9, errors={"status": 5}), target_p99_ms=10)
+    assert fine.ok and fine.why == ""
