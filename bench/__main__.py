@@ -33,7 +33,12 @@ from fastgw.cli import positive_duration, positive_int
 
 
 def _duration_or_zero(text: str) -> float:
-    return 0.0 if text.strip() in {"0", "0s"} else positive_duration(text)
+    from fastgw.config.units import parse_duration
+
+    try:
+        return 0.0 if parse_duration(text) == 0 else positive_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _positive_float(text: str) -> float:
@@ -218,10 +223,20 @@ def _options(args: argparse.Namespace, command: str) -> Any:
     targets = targets.merged(getattr(args, "target_list", []))
     generator = getattr(args, "generator", None) or (
         "wrk" if shutil.which("wrk") else "openloop")
-    if generator == "wrk":
+    # every tool this command will need, checked before anything starts
+    if generator == "wrk" or getattr(args, "profile", False):
         from bench.wrk import wrk_binary
 
-        wrk_binary()  # fail before anything starts
+        wrk_binary()
+    if generator == "openloop" or args.command == "sweep":
+        from bench.openloop import require_hdr
+
+        require_hdr()
+    if getattr(args, "profile", False) and shutil.which("py-spy") is None:
+        raise BenchError("--profile needs py-spy (pip install 'fastgw[bench]')")
+    if args.command == "scale" and generator == "openloop":
+        raise BenchError("scale needs wrk: the open-loop generator offers a fixed rate, so its "
+                         "RPS would only echo --rate (apt-get install wrk)")
     return Options(
         duration_s=getattr(args, "duration", 10.0), runs=getattr(args, "runs", 1),
         connections=getattr(args, "connections", 50), threads=getattr(args, "threads", 1),
@@ -284,12 +299,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; every started process was stopped", file=sys.stderr)
         return 130
+    failed = [name for name, e in results["scenarios"].items() if e["status"] == "failed"]
     plots = results.get("plots", {})
     print(f"\nwrote {opts.out}/results.json, report.md" +
           "".join(f", {name}" for name in plots.get("files", [])))
     if plots.get("error"):
         print(f"bench: {plots['error']}", file=sys.stderr)
-    return 0
+    for name in failed:
+        print(f"bench: {name} failed: {results['scenarios'][name]['reason'].splitlines()[0]}",
+              file=sys.stderr)
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

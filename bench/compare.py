@@ -4,16 +4,17 @@ A difference between two benchmark files means something only when it is larger 
 difference between two runs of the same code. Every ``results.json`` keeps each run's figures,
 so for every figure this module puts the run-to-run spread of A and of B beside the change,
 and calls a change *better* or *worse* only when it exceeds both that spread and a threshold.
+A sweep's best rate has no runs: it is known only within the sweep's ``resolution``, which
+is its bar instead. A scale point has a spread only where the file keeps its runs' values.
 
-:func:`normalize` also lives here: it turns any results file (schema 1: one scenario, from
-before the suite; or schema 2) into the schema-2 shape, read by this module and :mod:`bench.plots`.
+Files of any schema are read through :mod:`bench.results`. The header warns where the two
+files cannot tell the code apart from something else: different machines, or a scenario run
+with different settings (load generator, rate, connections, workers, duration, runs...).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -22,119 +23,54 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.report import fmt, md_table, median
+from bench.results import (
+    TIMES,
+    ResultsError,
+    commit_label,
+    load,
+    machine_label,
+    normalize,
+    number,
+    ran,
+    settings_of,
+)
 
 #: (figure, higher is better) for a load scenario's targets, in the order the report shows.
-LOAD_FIGURES: Final = (("rps", True), ("p50_ms", False), ("p90_ms", False), ("p99_ms", False),
-                       ("p999_ms", False), ("cpu_us_per_request", False),
+LOAD_FIGURES: Final = (("rps", True), ("p50_ms", False), ("p90_ms", False), ("p95_ms", False),
+                       ("p99_ms", False), ("p999_ms", False), ("cpu_us_per_request", False),
                        ("user_us_per_request", False), ("system_us_per_request", False),
-                       ("rss_mb", False), ("errors", False))
+                       ("rss_mb", False), ("errors", False), ("error_share", False),
+                       ("unsent", False))
+#: Figures only some files have (newer runners; ``unsent``: the open-loop generator): a row
+#: only where A or B has the figure.
+OPTIONAL_FIGURES: Final = frozenset({"error_share", "unsent"})
 IDLE_FIGURES: Final = (("connections_open", True), ("rss_mb", False), ("pss_mb", False),
                        ("per_connection_kb", False), ("probe_p99_ms", False),
                        ("idle_cpu_pct", False))
+SCALE_FIGURES: Final = ("rps", "cpu_us_per_request")
 HIGHER_IS_BETTER: Final = frozenset(
     {k for k, up in LOAD_FIGURES + IDLE_FIGURES if up} | {"best_rate"})
+COUNT_FIGURES: Final = frozenset({"errors", "unsent"})  # shown as integers
 LABELS: Final = {
     "rps": "RPS", "p50_ms": "p50 ms", "p90_ms": "p90 ms", "p95_ms": "p95 ms",
     "p99_ms": "p99 ms", "p999_ms": "p99.9 ms", "cpu_us_per_request": "CPU-µs/req",
     "user_us_per_request": "user CPU-µs/req", "system_us_per_request": "sys CPU-µs/req",
-    "rss_mb": "peak RSS MB", "errors": "errors", "best_rate": "best rate req/s",
+    "rss_mb": "peak RSS MB", "errors": "errors", "error_share": "error share",
+    "unsent": "unsent", "best_rate": "best rate req/s",
     "connections_open": "connections open", "pss_mb": "PSS MB",
     "per_connection_kb": "KB per conn", "probe_p99_ms": "probe p99 ms",
     "idle_cpu_pct": "idle CPU %",
 }
 RATIO_FIGURES: Final = ("cpu_us_per_request", "rps", "p50_ms", "p99_ms")
-SHAPES: Final = ("load", "idle", "sweep", "scale")
+#: Settings that change the load, so that two files differing in one measure different things.
+SETTING_KEYS: Final = ("generator", "rate", "connections", "workers", "duration_s", "runs",
+                       "threads", "path")
+#: The sweep's default ``resolution`` (``python -m bench sweep --resolution``), for files
+#: that do not record theirs.
+SWEEP_RESOLUTION: Final = 0.05
 BETTER, WORSE, NOISE, MISSING = "better", "worse", "within noise", "—"
-TIMES, MINUS = "\N{MULTIPLICATION SIGN}", "\N{MINUS SIGN}"  # named: ruff flags the glyphs
-
-
-# -- one shape for every results file ---------------------------------------------------------
-
-
-def number(value: object) -> float | None:
-    """A finite number, or None: whatever a file holds where a figure should be."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _shape(entry: Mapping[str, Any], kind: object) -> str:
-    if entry.get("shape") in SHAPES:
-        return str(entry["shape"])
-    if kind in ("sweep", "scale"):
-        return str(kind)
-    targets = [t for t in entry.get("targets", {}).values() if isinstance(t, Mapping)]
-    if any("points" in t for t in targets):
-        return "scale"
-    if any("steps" in t or "best_rate" in t for t in targets):
-        return "sweep"
-    if any("connections_open" in t or "latency_with_idle" in t for t in targets):
-        return "idle"
-    return "load"
-
-
-def normalize(results: object) -> dict[str, Any]:
-    """The schema-2 shape of any results file (a copy; idempotent). Raises ValueError when
-    ``results`` is not a bench results file at all; missing figures stay missing."""
-    if not isinstance(results, dict):
-        raise ValueError("not a JSON object")
-    out = copy.deepcopy(results)
-    if "scenarios" not in out:
-        if not isinstance(out.get("targets"), dict):
-            raise ValueError("no 'scenarios' (schema 2) nor 'targets' (schema 1): "
-                             "not a bench results file")
-        name = str(out.get("scenario") or "passthrough")
-        out["scenarios"] = {name: {
-            "status": "ran", "reason": None, "description": out.get("description", ""),
-            "generator": "idle-client" if name == "idle" else "wrk",
-            "targets": out["targets"], "ratios": out.get("ratios") or {}, "verdict": None}}
-        out["scenario"] = name
-    if not isinstance(out["scenarios"], dict):
-        raise ValueError("'scenarios' is not an object")
-    out["schema"] = 2
-    out.setdefault("kind", "run")
-    if not isinstance(out.get("machine"), dict):
-        out["machine"] = {}
-    for name, entry in out["scenarios"].items():
-        if not isinstance(entry, dict):
-            raise ValueError(f"scenario {name!r} is not an object")
-        entry.setdefault("status", "ran")
-        if not isinstance(entry.get("targets"), dict):
-            entry["targets"] = {}
-        if not isinstance(entry.get("ratios"), dict):
-            entry["ratios"] = {}
-        for target, summary in entry["targets"].items():
-            if not isinstance(summary, dict):
-                raise ValueError(f"scenario {name!r}: target {target!r} is not an object")
-            _upgrade_target(summary)
-        entry["shape"] = _shape(entry, out["kind"])
-    return out
-
-
-def _upgrade_target(summary: dict[str, Any]) -> None:
-    """Schema 1 names: wrk was the only load generator; the idle probe's p99 was nested."""
-    for record in [summary, *[r for r in summary.get("runs") or [] if isinstance(r, dict)]]:
-        if "wrk_cpu_us_per_request" in record:
-            record.setdefault("loadgen_cpu_us_per_request", record["wrk_cpu_us_per_request"])
-    probe = summary.get("latency_with_idle")
-    if isinstance(probe, dict) and "probe_p99_ms" not in summary:
-        summary["probe_p99_ms"] = probe.get("p99_ms")
-
-
-def ran(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The scenarios that ran, of a normalized results dict."""
-    return {n: e for n, e in results["scenarios"].items() if e.get("status") == "ran"}
-
-
-def commit_label(machine: Mapping[str, Any]) -> str:
-    git = machine.get("git") if isinstance(machine.get("git"), Mapping) else {}
-    commit = git.get("commit")
-    label = str(commit)[:10] if commit else "no commit"
-    return label + (" + uncommitted" if git.get("dirty") else "")
-
-
-def machine_label(machine: Mapping[str, Any]) -> str:
-    return f"{fmt(machine.get('cpu_count'))} {TIMES} {fmt(machine.get('cpu_model'))}"
+MINUS: Final = "\N{MINUS SIGN}"  # named: ruff flags the glyph
+CompareError = ResultsError  # the name main() caught before bench.results existed
 
 
 # -- rows ----------------------------------------------------------------------------------
@@ -186,15 +122,25 @@ def judge(a: float | None, b: float | None, noise_a: float | None, noise_b: floa
     return change, BETTER if (change > 0) == higher_is_better else WORSE
 
 
+def run_values(target: Mapping[str, Any], figure: str) -> list[object] | None:
+    """The per-run values of ``figure`` that a target summary or a scale point keeps: a list
+    of run records (``"runs": [{"rps": ...}, ...]``) or, in scale points, a list per figure
+    (``"runs": {"rps": [...]}``); None where it keeps none."""
+    runs = target.get("runs")
+    if isinstance(runs, list):
+        return [r.get(figure) for r in runs if isinstance(r, Mapping)]
+    if isinstance(runs, Mapping) and isinstance(runs.get(figure), list):
+        return list(runs[figure])
+    return None
+
+
 def _row(scenario: str, target: str, figure: str, ta: Mapping[str, Any],
          tb: Mapping[str, Any], *, threshold_pct: float, where: str = "") -> Row:
     a, b = number(ta.get(figure)), number(tb.get(figure))
 
     def noise(t: Mapping[str, Any]) -> float | None:
-        runs = t.get("runs")
-        if not isinstance(runs, list):
-            return None
-        return noise_pct([r.get(figure) for r in runs if isinstance(r, Mapping)])
+        values = run_values(t, figure)
+        return None if values is None else noise_pct(values)
 
     na, nb = noise(ta), noise(tb)
     change, verdict = judge(a, b, na, nb, higher_is_better=figure in HIGHER_IS_BETTER,
@@ -206,6 +152,33 @@ def _points(target: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
     points = target.get("points")
     return {int(p["workers"]): p for p in points if isinstance(p, Mapping)
             and number(p.get("workers")) is not None} if isinstance(points, list) else {}
+
+
+def sweep_resolution_pct(settings: Mapping[str, Any]) -> float:
+    """How precisely a sweep knows its best rate, in %: its ``resolution`` (relative)."""
+    resolution = number(settings.get("resolution"))
+    return 100 * (resolution if resolution is not None and resolution > 0
+                  else SWEEP_RESOLUTION)
+
+
+def _closed_loop(*entries: Mapping[str, Any]) -> bool:
+    """True when every entry names its generator and none is the open-loop one (the only
+    one that can leave requests unsent)."""
+    return all(e.get("generator") is not None and e.get("generator") != "openloop"
+               for e in entries)
+
+
+def _load_figures(ea: Mapping[str, Any], eb: Mapping[str, Any], ta: Mapping[str, Any],
+                  tb: Mapping[str, Any]) -> list[str]:
+    shown = []
+    for key, _ in IDLE_FIGURES if ea["shape"] == "idle" else LOAD_FIGURES:
+        if key in OPTIONAL_FIGURES:
+            if number(ta.get(key)) is None and number(tb.get(key)) is None:
+                continue
+            if key == "unsent" and _closed_loop(ea, eb):
+                continue
+        shown.append(key)
+    return shown
 
 
 def compare(a: Mapping[str, Any], b: Mapping[str, Any],
@@ -221,20 +194,38 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any],
         for target in [t for t in ea["targets"] if t in eb["targets"]]:
             ta, tb = ea["targets"][target], eb["targets"][target]
             if ea["shape"] == "sweep":
-                rows.append(_row(name, target, "best_rate", ta, tb,
-                                 threshold_pct=threshold_pct))
+                bar = max(threshold_pct, sweep_resolution_pct(settings_of(a, name)),
+                          sweep_resolution_pct(settings_of(b, name)))
+                rows.append(_row(name, target, "best_rate", ta, tb, threshold_pct=bar))
             elif ea["shape"] == "scale":
                 pa, pb = _points(ta), _points(tb)
                 for workers in sorted(set(pa) & set(pb)):
                     where = f"{workers} worker{'s' if workers != 1 else ''}"
                     rows += [_row(name, target, key, pa[workers], pb[workers], where=where,
                                   threshold_pct=threshold_pct)
-                             for key in ("rps", "cpu_us_per_request")]
+                             for key in SCALE_FIGURES]
             else:
-                figures = IDLE_FIGURES if ea["shape"] == "idle" else LOAD_FIGURES
                 rows += [_row(name, target, key, ta, tb, threshold_pct=threshold_pct)
-                         for key, _ in figures]
+                         for key in _load_figures(ea, eb, ta, tb)]
     return rows
+
+
+def _setting(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def setting_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Scenario -> "key A vs B" for each of :data:`SETTING_KEYS` that both normalized files
+    record for it, with different values; only scenarios that ran in both with one shape."""
+    ran_a, ran_b = ran(a), ran(b)
+    found: dict[str, list[str]] = {}
+    for name in [n for n in ran_a if n in ran_b and ran_a[n]["shape"] == ran_b[n]["shape"]]:
+        sa, sb = settings_of(a, name), settings_of(b, name)
+        differ = [f"{key} {_setting(sa[key])} vs {_setting(sb[key])}" for key in SETTING_KEYS
+                  if key in sa and key in sb and sa[key] != sb[key]]
+        if differ:
+            found[name] = differ
+    return found
 
 
 # -- Markdown ------------------------------------------------------------------------------
@@ -246,6 +237,17 @@ def pct(value: float | None, signed: bool = False) -> str:
     if math.isinf(value):
         return "+∞" if value > 0 else f"{MINUS}∞"
     return f"{value:+.1f} %" if signed else f"{value:.1f} %"
+
+
+def cell(figure: str, value: float | None) -> object:
+    """A figure as the table shows it: counts whole, the error share in %."""
+    if value is None:
+        return None
+    if figure in COUNT_FIGURES:
+        return int(value)
+    if figure == "error_share":
+        return f"{100 * value:.3g} %"
+    return value
 
 
 def _header(a: Mapping[str, Any], b: Mapping[str, Any], names: tuple[str, str]) -> list[str]:
@@ -271,6 +273,13 @@ def _header(a: Mapping[str, Any], b: Mapping[str, Any], names: tuple[str, str]) 
         lines += ["> **Warning: the machines differ** (" + "; ".join(
             f"{k}: {fmt(ma[k])} vs {fmt(mb[k])}" for k in differ) + "): a change below may be "
             "the machine's, not the code's.", ""]
+    by_change: dict[str, list[str]] = {}  # one line for scenarios that differ alike
+    for name, differ in setting_differences(a, b).items():
+        by_change.setdefault(", ".join(differ), []).append(name)
+    if by_change:
+        lines += ["> **Warning: A and B ran with different settings:** " + "; ".join(
+            f"{', '.join(names)}: {change}" for change, names in by_change.items())
+            + ": a change may be the load, not the code.", ""]
     if a.get("kind") != b.get("kind"):
         lines += [f"> **Warning:** A is a {fmt(a.get('kind'))} file, B a "
                   f"{fmt(b.get('kind'))} file: only scenarios of the same shape are compared.",
@@ -310,7 +319,8 @@ def markdown(rows: Sequence[Row], a: Mapping[str, Any], b: Mapping[str, Any], *,
              f"{threshold_pct:g} %. {len(worse)} worse, {len(better)} better, "
              f"{sum(r.verdict == NOISE for r in rows)} within noise.", ""]
     parts += [f"- {'**worse**' if r.verdict == WORSE else 'better'}: {r.scenario} {r.target} "
-              f"{r.label}: {fmt(r.a)} → {fmt(r.b)} ({pct(r.change_pct, signed=True)})"
+              f"{r.label}: {fmt(cell(r.figure, r.a))} → {fmt(cell(r.figure, r.b))} "
+              f"({pct(r.change_pct, signed=True)})"
               for r in worse + better]
     if worse or better:
         peers = sorted({r.target for r in worse + better if r.target != "fastgw"})
@@ -343,41 +353,23 @@ def markdown(rows: Sequence[Row], a: Mapping[str, Any], b: Mapping[str, Any], *,
             parts += [f"Verdict: {_verdict_line(ea)} → {_verdict_line(eb)}.", ""]
         parts += _ratios(ea, eb)
         mine = [r for r in rows if r.scenario == name]
+        if ea["shape"] == "sweep" and mine:
+            res_a, res_b = (sweep_resolution_pct(settings_of(x, name)) for x in (a, b))
+            bar = max(threshold_pct, res_a, res_b)
+            parts += ["The sweep knows its best rate only within its resolution "
+                      f"({_setting(res_a)} % in A, {_setting(res_b)} % in B): a change of "
+                      f"best rate is called better or worse only beyond {_setting(bar)} %.",
+                      ""]
         if mine:
             parts += [md_table(
                 ["target", "figure", "A", "B", "change", "noise A", "noise B", "verdict"],
-                [[r.target, r.label, r.a if r.figure != "errors" or r.a is None else int(r.a),
-                  r.b if r.figure != "errors" or r.b is None else int(r.b),
+                [[r.target, r.label, cell(r.figure, r.a), cell(r.figure, r.b),
                   pct(r.change_pct, signed=True), pct(r.noise_a), pct(r.noise_b),
                   f"**{r.verdict}**" if r.verdict == WORSE else r.verdict] for r in mine]), ""]
     return "\n".join(parts)
 
 
 # -- command line --------------------------------------------------------------------------
-
-
-class CompareError(Exception):
-    """A file that cannot be compared; the message is the one line the command prints."""
-
-
-def load(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CompareError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CompareError(f"{path}: is a directory (give its results.json)") from None
-    except OSError as error:
-        raise CompareError(f"{path}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise CompareError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as error:
-        raise CompareError(f"{path}: not JSON ({error.msg} at line {error.lineno} column "
-                           f"{error.colno})") from None
-    try:
-        return normalize(data)
-    except ValueError as error:
-        raise CompareError(f"{path}: {error}") from None
 
 
 def _percent(text: str) -> float:
@@ -408,7 +400,7 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     try:
         a, b = load(args.a), load(args.b)
-    except CompareError as error:
+    except ResultsError as error:
         print(f"compare: {error}", file=sys.stderr)
         return 2
     text = markdown(compare(a, b, args.threshold), a, b, names=(str(args.a), str(args.b)),

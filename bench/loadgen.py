@@ -2,8 +2,12 @@
 
 Both fill the same fields so that a report, a verdict or a sweep never has to know which
 generator ran. The optional fields exist only for the open-loop generator: what it was asked
-to offer (``offered_rps``), what it actually wrote (``sent``), the status codes it saw, and how
-far behind its schedule it was when the run ended (``behind_s``). wrk leaves them ``None``.
+to offer (``offered_rps``), what it actually wrote (``sent``) and what was still waiting for a
+connection when the schedule ended (``unsent``; those are in the latency histogram too, see
+:mod:`bench.openloop`), how far behind its schedule it was then (``behind_s``), the status
+codes it saw, its shape (``processes``, the ``connections`` it really held), and how busy its
+connections were (``hold_ms``, ``busy_share``: what :func:`bench.sweep.judge` needs to tell a
+generator out of connections or CPU from a target out of capacity). wrk leaves them ``None``.
 
 Error kinds are wrk's for both: ``connect``, ``read``, ``write``, ``timeout`` (socket errors)
 and ``status`` (responses with status >= 400; those are also counted in ``requests``).
@@ -32,6 +36,14 @@ class LoadResult:
     status_codes: dict[int, int] | None = None  # open loop: responses per status code
     generator: str = "wrk"
     behind_s: float | None = None  # open loop: schedule left unsent at the end, in seconds
+    unsent: int | None = None  # open loop: requests still waiting for a connection at the end
+    processes: int | None = None  # open loop: worker processes
+    connections: int | None = None  # open loop: connections held, all processes together
+    # open loop: mean time a request held its connection (from taking it, connecting first if
+    # need be, to the response or the failure), in ms; and the connections' busy time over
+    # connections x duration (1.0: every connection busy all the time)
+    hold_ms: float | None = None
+    busy_share: float | None = None
 
     @property
     def rps(self) -> float:
@@ -55,6 +67,15 @@ class LoadResult:
             out["sent"] = self.sent
         if self.status_codes is not None:
             out["status_codes"] = {str(k): v for k, v in sorted(self.status_codes.items())}
+        if self.unsent is not None:
+            out["unsent"] = self.unsent
         if self.behind_s is not None:
             out["behind_s"] = round(self.behind_s, 3)
+        for key in ("processes", "connections"):
+            if (value := getattr(self, key)) is not None:
+                out[key] = value
+        if self.hold_ms is not None:
+            out["hold_ms"] = round(self.hold_ms, 3)
+        if self.busy_share is not None:
+            out["busy_share"] = round(self.busy_share, 3)
         return out

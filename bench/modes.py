@@ -65,7 +65,7 @@ def sweep_target(target: Target, opts: runner.Options, *, target_p99_ms: float,
     from bench.sweep import find_max_rate
 
     traffic = Traffic(HOST, target.port, (runner.request_bytes(opts.path or "/", target.port),))
-    cpu_us: list[float] = []  # per step, in the order find_max_rate measures
+    cpu_us: list[float | None] = []  # per step, in the order find_max_rate measures
 
     def measure(rate: float) -> LoadResult:
         time.sleep(runner.SETTLE_S)
@@ -86,11 +86,14 @@ def sweep_target(target: Target, opts: runner.Options, *, target_p99_ms: float,
     found = find_max_rate(measure, target_p99_ms=target_p99_ms, start_rate=start_rate,
                           max_rate=max_rate, resolution=resolution, on_step=show)
     steps = [{"rate": s.rate, "rps": round(s.result.rps, 1),
-              **{f"{k}_ms": round(s.result.latency_ms[k], 3) for k in runner.LATENCY_KEYS},
+              **{f"{k}_ms": round(s.result.latency_ms[k], 3) for k in runner.REPORTED_PERCENTILES},
               "errors": s.result.error_total, "errors_by_kind": s.result.errors,
-              "cpu_us_per_request": round(cpu, 2), "ok": s.ok, "why": s.why}
+              "cpu_us_per_request": cpu, "ok": s.ok, "why": s.why,
+              "generator_limited": s.generator_limited}
              for s, cpu in zip(found.steps, cpu_us, strict=True)]
-    return {"target_p99_ms": target_p99_ms, "best_rate": found.best_rate, "steps": steps}
+    # stopped by the generator: the best rate is a lower bound of the target's
+    return {"target_p99_ms": target_p99_ms, "best_rate": found.best_rate,
+            "stopped_by_generator": found.stopped_by_generator, "steps": steps}
 
 
 def run_sweep(scenario: Scenario, opts: runner.Options, *, target_p99_ms: float,
@@ -138,8 +141,9 @@ def scale_point(scenario: Scenario, opts: runner.Options, workers: int) -> dict[
     with Services() as services:
         # one backend per two workers, so that the backend is never the bottleneck
         backends, targets = _start(services, scenario, scoped, max(1, workers // 2), peers)
-        for target in targets:
-            generator.run(target, min(scoped.warmup_s, scoped.duration_s))
+        if scoped.warmup_s > 0:
+            for target in targets:
+                generator.run(target, min(scoped.warmup_s, scoped.duration_s))
         for index in range(1, scoped.runs + 1):
             for target in targets:
                 time.sleep(runner.SETTLE_S)
@@ -172,7 +176,10 @@ def run_scale(scenarios: Sequence[Scenario], opts: runner.Options,
                     "workers": workers, "rps": t["rps"], "p50_ms": t["p50_ms"],
                     "p99_ms": t["p99_ms"], "errors": t["errors"],
                     "cpu_us_per_request": t["cpu_us_per_request"], "rss_mb": t["rss_mb"],
-                    "oversubscribed": workers * 2 > cores})
+                    "oversubscribed": workers * 2 > cores,
+                    # per run, so that compare can show the noise of each point
+                    "runs": {key: [r[key] for r in t["runs"]]
+                             for key in ("rps", "p99_ms", "cpu_us_per_request")}})
         for points in curves.values():
             base = points[0]["rps"] / points[0]["workers"] if points[0]["rps"] else 0.0
             for p in points:

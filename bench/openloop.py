@@ -12,11 +12,15 @@ first one free; and its latency is always (response complete) - (intended send t
 request spent waiting because earlier requests were slow therefore counts, as it would for a
 user, and the percentiles are corrected for coordinated omission.
 
-Shape. ``processes`` child processes (``python -m bench.openloop_worker``, uvloop +
-httptools, see that module for the schedule and the wire) each hold
-``connections // processes`` keep-alive connections and offer ``rate / processes`` requests per
-second, all from one shared start instant. Each child keeps an HDR histogram (1 µs .. 60 s, 3
-significant digits) and sends it back encoded with its counts on one ``RESULT`` JSON line; the
+Shape (:func:`plan`). ``processes`` child processes (``python -m bench.openloop_worker``,
+uvloop + httptools, see that module for the schedule and the wire) share the ``connections``
+(exactly: the remainder of ``connections / processes`` goes one each to the first processes,
+so there must be at least one per process) and the schedule: each offers ``rate / processes``
+requests per second, child ``k`` starting ``k / rate`` after the shared start instant, so that
+together they send request ``i`` at ``start + i / rate``, evenly spaced, rather than
+``processes`` requests at once every ``processes / rate`` seconds. Each child keeps an HDR
+histogram (1 µs .. 60 s, 3 significant digits) and sends it back encoded with its counts on one
+``RESULT`` JSON line; the
 parent adds the histograms up, so percentiles are over all requests, not averages of
 per-process percentiles. Children are their own process groups with ``PR_SET_PDEATHSIG`` (set
 by the child itself, as the bench may run threads), are stopped through
@@ -26,10 +30,20 @@ bounds, never with sleeps.
 Accounting, as wrk does: ``requests`` are complete responses (any status; >= 400 also count
 as ``status`` errors and, like wrk, are in the histogram); ``connect``, ``read``, ``write`` and
 ``timeout`` failures have no latency and are counted only as errors. A request that never got
-a connection before the schedule ended is neither: it is *unsent*, and ``behind_s`` says how
-many seconds of schedule that was (the target, or too few connections, or a generator out of
-CPU could not keep up). ``cpu_s`` is the children's own CPU from the start instant to their
-end (start-up and imports are left out: they are not per-request work).
+a connection before the schedule ended is neither: it is *unsent* (``LoadResult.unsent``), and
+``behind_s`` says how many seconds of schedule that was (the target, or too few connections,
+or a generator out of CPU could not keep up). Unsent requests are in the histogram all the
+same, each with the latency it had reached when the run stopped waiting for it (the end of the
+schedule minus its intended time): leaving them out would bias a run that fell behind towards
+its better samples, which is coordinated omission again. That latency is a *lower bound*:
+their clients would have waited at least that long, and more. So the percentiles are over
+``requests + unsent`` samples. ``cpu_s`` is the children's own CPU from the start instant to
+their end (start-up and imports are left out: they are not per-request work); ``hold_ms`` and
+``busy_share`` say how long requests held their connections and how busy those were (for
+:func:`bench.sweep.judge`).
+
+Bad settings, a worker that fails and the missing optional ``hdrhistogram`` package (the
+``[bench]`` extra; :func:`require_hdr`) are :class:`bench.procs.BenchError`, one line each.
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import selectors
 import subprocess
@@ -46,14 +61,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
-
-from hdrh.histogram import HdrHistogram
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from bench.loadgen import ERROR_KINDS, LoadResult
 from bench.openloop_worker import histogram
 from bench.peers import python_env
 from bench.procs import BenchError, Service, ignoring_signals
+
+if TYPE_CHECKING:  # the optional [bench] extra: see require_hdr
+    from hdrh.histogram import HdrHistogram
 
 START_DELAY_S: Final = 0.1  # from GO to the start instant: time for the GO lines to arrive
 READY_BOUND_S: Final = 30.0  # start-up (imports, connections) beyond the connect timeout
@@ -62,6 +78,58 @@ STOP_WAIT_S: Final = 2.0  # SIGTERM to SIGKILL when a child must be stopped
 BEHIND_WARN_S: Final = 1.0
 PERCENTILES: Final = (("p50", 50.0), ("p75", 75.0), ("p90", 90.0), ("p95", 95.0),
                       ("p99", 99.0), ("p999", 99.9))
+NO_HDR: Final = "the open-loop generator needs hdrhistogram: pip install 'fastgw[bench]'"
+
+
+def require_hdr() -> None:
+    """BenchError unless ``hdrhistogram`` (the optional ``[bench]`` extra) can be imported;
+    :func:`run_open_loop` checks it too, a CLI can check it before starting anything."""
+    try:
+        import hdrh.histogram  # noqa: F401
+    except ImportError:
+        raise BenchError(NO_HDR) from None
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One process's share of a run (see :func:`plan`)."""
+
+    index: int
+    offset_s: float  # its first request, after the shared start instant
+    rate: float  # requests/s: the run's rate over the processes
+    total: int  # its requests: the run's indices ``index, index + processes, ...``
+    connections: int
+
+
+def plan(*, rate: float, duration_s: float, connections: int,
+         processes: int) -> tuple[WorkerPlan, ...]:
+    """Split a run over the processes: process ``k``'s request ``j`` is the run's request
+    ``j * processes + k``, intended at ``start + offset_s + j / rate_k`` = ``start +
+    (j * processes + k) / rate``, so the run's requests are evenly spaced, ``1 / rate`` apart;
+    the run has ``ceil(rate * duration_s)`` of them, all intended before ``start +
+    duration_s``. The connections are shared out exactly (the first ``connections %
+    processes`` processes hold one more); fewer connections than processes is a BenchError."""
+    _check(rate=rate, duration_s=duration_s, connections=connections, processes=processes)
+    intended = max(0, math.ceil(rate * duration_s - 1e-9))
+    each, extra = divmod(connections, processes)
+    return tuple(WorkerPlan(index=k, offset_s=k / rate, rate=rate / processes,
+                            total=len(range(k, intended, processes)),
+                            connections=each + (k < extra))
+                 for k in range(processes))
+
+
+def _check(*, rate: float, duration_s: float, connections: int, processes: int,
+           timeout_s: float = 1.0) -> None:
+    """BenchError, one line naming every bad setting."""
+    named = {"rate": rate, "duration_s": duration_s, "timeout_s": timeout_s,
+             "connections": connections, "processes": processes}
+    bad = [f"{name} must be > 0 (got {value:g})" for name, value in named.items()
+           if not value > 0]
+    if 0 < connections < processes:
+        bad.append(f"connections ({connections}) must be at least processes ({processes}): "
+                   "each process needs a connection of its own")
+    if bad:
+        raise BenchError("bad open-loop settings: " + "; ".join(bad))
 
 
 @dataclass(frozen=True)
@@ -111,13 +179,13 @@ class _Child:
                 + (f"; its stderr:\n{tail}" if tail else ""))
 
 
-def _start_children(traffic: Traffic, workdir: Path, *, rate: float, duration_s: float,
-                    connections: int, processes: int, timeout_s: float,
-                    started: list[_Child]) -> None:
+def _start_children(traffic: Traffic, workdir: Path, *, plans: Sequence[WorkerPlan],
+                    duration_s: float, timeout_s: float, started: list[_Child]) -> None:
     """Start the workers (appending each to ``started`` at once, so that the caller stops it
     whatever happens next) and hand each its configuration on stdin."""
     env = python_env()
-    for index in range(processes):
+    for share in plans:
+        index = share.index
         service = Service(name=f"openloop-{index}",
                           argv=[sys.executable, "-m", "bench.openloop_worker",
                                 "--parent", str(os.getpid())],
@@ -132,9 +200,9 @@ def _start_children(traffic: Traffic, workdir: Path, *, rate: float, duration_s:
         assert service.popen.stdout is not None
         started.append(_Child(index, service, service.popen.stdout))
         config = {"host": traffic.host, "port": traffic.port, "index": index,
-                  "processes": processes, "rate": rate / processes,
-                  "connections": max(1, connections // processes), "duration_s": duration_s,
-                  "timeout_s": timeout_s,
+                  "processes": len(plans), "rate": share.rate, "offset_s": share.offset_s,
+                  "total": share.total, "connections": share.connections,
+                  "duration_s": duration_s, "timeout_s": timeout_s,
                   "requests": [base64.b64encode(r).decode("ascii") for r in traffic.requests]}
         _send(started[-1], json.dumps(config))
 
@@ -186,13 +254,15 @@ def _read_until(children: Sequence[_Child], deadline: float, done: Callable[[], 
 def run_open_loop(traffic: Traffic, *, rate: float, duration_s: float, connections: int,
                   processes: int = 1, timeout_s: float = 5.0,
                   progress: Callable[[Progress], None] | None = None) -> LoadResult:
-    """Offer ``rate`` requests/s for ``duration_s`` (see the module docstring)."""
+    """Offer ``rate`` requests/s for ``duration_s`` (see the module docstring). Bad settings
+    and a missing ``hdrhistogram`` are BenchError, before anything starts."""
     if not traffic.requests:
-        raise ValueError("Traffic.requests is empty")
-    if rate <= 0 or duration_s <= 0 or timeout_s <= 0 or connections < 1 or processes < 1:
-        raise ValueError(f"bad open-loop settings: rate={rate} duration_s={duration_s} "
-                         f"timeout_s={timeout_s} connections={connections} "
-                         f"processes={processes}")
+        raise BenchError("bad open-loop settings: no request to send")
+    _check(timeout_s=timeout_s, rate=rate, duration_s=duration_s, connections=connections,
+           processes=processes)
+    plans = plan(rate=rate, duration_s=duration_s, connections=connections,
+                 processes=processes)
+    require_hdr()
     children: list[_Child] = []
     shown = 0
 
@@ -215,8 +285,7 @@ def run_open_loop(traffic: Traffic, *, rate: float, duration_s: float, connectio
 
     with tempfile.TemporaryDirectory(prefix="fastgw-openloop-") as tmp:  # the workers' stderr
         try:
-            _start_children(traffic, Path(tmp), rate=rate, duration_s=duration_s,
-                            connections=connections, processes=processes,
+            _start_children(traffic, Path(tmp), plans=plans, duration_s=duration_s,
                             timeout_s=timeout_s, started=children)
             _read_until(children, time.monotonic() + READY_BOUND_S + timeout_s,
                         lambda: all(c.ready is not None for c in children), on_line, "READY")
@@ -267,7 +336,8 @@ def latency_ms(hist: HdrHistogram) -> dict[str, float]:
 
 def merge(results: Sequence[dict[str, Any]], *, rate: float, duration_s: float,
           connections: int, processes: int, timeout_s: float) -> LoadResult:
-    """One LoadResult from the children's RESULT lines (histograms added, counts summed)."""
+    """One LoadResult from the children's RESULT lines (histograms added, counts summed).
+    ``connections`` is what was asked for; the result has what the children really held."""
     hist = histogram()
     errors = dict.fromkeys(ERROR_KINDS, 0)
     codes: dict[int, int] = {}
@@ -283,14 +353,27 @@ def merge(results: Sequence[dict[str, Any]], *, rate: float, duration_s: float,
     completed = sum(int(r["completed"]) for r in results)
     user_s = sum(float(r["cpu_user_s"]) for r in results)
     cpu_s = user_s + sum(float(r["cpu_system_s"]) for r in results)
+    per_process = [int(r.get("connections", 0))
+                   for r in sorted(results, key=lambda r: int(r["index"]))]
+    held = sum(per_process) or connections
+    dispatched = sum(int(r.get("dispatched", 0)) for r in results)
+    busy_s = sum(float(r.get("busy_s", 0.0)) for r in results)
+    hold_ms = busy_s * 1000 / dispatched if dispatched else 0.0
+    busy_share = busy_s / (held * duration_s)
     latency = latency_ms(hist)
     behind_s = unsent / rate
+    split = (f" ({' + '.join(map(str, per_process))})"
+             if len(set(per_process)) > 1 else "")
     lines = [
-        f"open loop: {rate:,.0f} req/s offered for {duration_s:g} s over {connections} "
-        f"connection(s) in {processes} process(es), timeout {timeout_s:g} s",
+        f"open loop: {rate:,.0f} req/s offered for {duration_s:g} s over {held} "
+        f"connection(s){split} in {processes} process(es), timeout {timeout_s:g} s",
         f"  {intended:,} intended, {sent:,} sent, {completed:,} completed "
         f"({completed / duration_s:,.1f} req/s), {sum(errors.values()):,} errors",
-        "  latency from the intended send time (ms): "
+        f"  connections: each request held one {hold_ms:.3f} ms on average, "
+        f"busy {busy_share:.0%} of the time",
+        "  latency from the intended send time (ms)"
+        + (f", {completed:,} responses + {unsent:,} unsent (a lower bound for those)"
+           if unsent else "") + ": "
         + "  ".join(f"{k} {latency[k]:.3f}" for k in ("mean", "stdev", "max")),
         "    " + "  ".join(f"{name} {latency[name]:.3f}" for name, _ in PERCENTILES),
         "  status codes: " + (", ".join(f"{c} x{n:,}" for c, n in sorted(codes.items()))
@@ -301,7 +384,8 @@ def merge(results: Sequence[dict[str, Any]], *, rate: float, duration_s: float,
     ]
     if unsent:
         lines.append(f"  unsent: {unsent:,} requests ({behind_s:.3f} s of schedule) were still "
-                     "waiting for a free connection when the schedule ended")
+                     "waiting for a free connection when the schedule ended; they are in the "
+                     "latency figures with the wait they had reached then")
     if behind_s > BEHIND_WARN_S:
         lines.append(f"  WARNING: the run fell {behind_s:.1f} s behind its schedule: the target "
                      "(or too few connections, or a generator short of CPU) did not keep up "
@@ -310,4 +394,5 @@ def merge(results: Sequence[dict[str, Any]], *, rate: float, duration_s: float,
                       bytes=sum(int(r["bytes"]) for r in results), errors=errors,
                       latency_ms=latency, cpu_s=cpu_s, output="\n".join(lines),
                       offered_rps=rate, sent=sent, status_codes=codes, generator="openloop",
-                      behind_s=behind_s)
+                      behind_s=behind_s, unsent=unsent, processes=processes, connections=held,
+                      hold_ms=hold_ms, busy_share=busy_share)

@@ -2,14 +2,18 @@
 
 Protocol with the parent, one line each (stdin from the parent, stdout to it):
 
-1. stdin: the configuration, one JSON object (requests base64-encoded).
+1. stdin: the configuration, one JSON object (requests base64-encoded; this process's share of
+   the schedule and of the connections, from :func:`bench.openloop.plan`).
 2. stdout: ``READY {...}`` once the keep-alive connections are open (or failed: a connection
    that cannot be opened now is retried by the first request that needs it, and counted there).
 3. stdin: ``GO <start>``: the absolute ``time.monotonic()`` instant, shared by all processes,
-   at which request 0 is intended. CLOCK_MONOTONIC is one clock for the whole machine.
+   at which the run's request 0 is intended. CLOCK_MONOTONIC is one clock for the whole machine.
 4. stdout: ``TICK {...}`` about once a second, then one ``RESULT {...}`` line, then exit 0.
 
-Schedule: request ``i`` is intended at ``start + i / rate``. Requests are not queued as
+Schedule: this process's request ``i`` is intended at ``start + offset_s + i / rate``, with its
+own ``rate`` (the run's rate R over the P processes) and ``offset_s`` (its index over R), so that
+the processes interleave: the run's request ``i * P + index`` is this process's ``i``, and over
+all processes request ``n`` is intended at ``start + n / R``. Requests are not queued as
 objects: the ones whose time has come and that no connection has taken yet are simply the
 indices ``head .. due-1``, so a backlog costs nothing to hold, and a free connection always
 takes the oldest (FIFO). Waking up for the next intended instant uses a ``timerfd``
@@ -18,9 +22,11 @@ resolution: on loopback, where responses take a few hundred microseconds, a mill
 send jitter would be the largest part of the latency measured. A response that frees a
 connection also dispatches what is due, so at high rates most requests leave from there.
 
-At the end of the schedule nothing more is sent; requests still waiting for a connection are
-reported as ``unsent`` (the schedule fell behind); requests on the wire get ``timeout_s`` to
-finish. A hard deadline (duration + timeout + grace) ends the process whatever happens.
+At the end of the schedule (``start + duration_s``, the same instant for every process)
+nothing more is sent; requests still waiting for a connection are reported as ``unsent`` (the
+schedule fell behind) and recorded in the histogram with the latency they had reached then
+(:func:`record_backlog`); requests on the wire get ``timeout_s`` to finish. A hard deadline
+(duration + timeout + grace) ends the process whatever happens.
 """
 
 from __future__ import annotations
@@ -38,12 +44,14 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
-from hdrh.histogram import HdrHistogram
 
 from bench.procs import die_with_parent, raise_nofile
+
+if TYPE_CHECKING:  # hdrhistogram is the optional [bench] extra: imported when first needed
+    from hdrh.histogram import HdrHistogram
 
 LOWEST_US: Final = 1
 HIGHEST_US: Final = 60_000_000
@@ -57,7 +65,26 @@ IDLE, CONNECTING, WAITING = range(3)  # a connection slot's state
 
 
 def histogram() -> HdrHistogram:
+    from hdrh.histogram import HdrHistogram
+
     return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+def record_backlog(hist: HdrHistogram, lowest_s: float, step_s: float, count: int) -> None:
+    """Record ``count`` latencies ``lowest_s, lowest_s + step_s, ...`` (seconds), clamped to the
+    histogram's range like every other value, with one call per histogram bucket they fall in
+    rather than one per value: a backlog can be a million requests long."""
+    k = 0
+    while k < count:
+        value = min(max(int((lowest_s + k * step_s) * 1e6), LOWEST_US), HIGHEST_US)
+        if value >= HIGHEST_US:
+            n = count - k
+        else:  # the values after this one that still fall in its bucket
+            top = hist.get_highest_equivalent_value(value)
+            end = math.ceil(((top + 1) / 1e6 - lowest_s) / step_s) if step_s > 0 else count
+            n = max(1, min(count, end) - k)
+        hist.record_value(value, n)
+        k += n
 
 
 # -- precise wake-ups ------------------------------------------------------------------------
@@ -118,12 +145,13 @@ class Waker:
 class Slot:
     """One of the process's connections, across reconnects: what it carries now."""
 
-    __slots__ = ("conn", "intended", "sent_at", "state")
+    __slots__ = ("conn", "intended", "sent_at", "state", "taken_at")
 
     def __init__(self) -> None:
         self.conn: Conn | None = None
         self.state = IDLE
         self.intended = 0.0
+        self.taken_at = 0.0  # when the current request took it (its hold starts)
         self.sent_at = 0.0
 
 
@@ -185,10 +213,11 @@ class Generator:
         self.requests = [base64.b64decode(r) for r in cfg["requests"]]
         self.index: int = cfg["index"]  # this process's place among the processes
         self.stride: int = cfg["processes"]
-        self.rate: float = cfg["rate"]
+        self.rate: float = cfg["rate"]  # this process's share of the run's rate
+        self.offset_s: float = cfg["offset_s"]  # its first request, after the shared start
         self.duration_s: float = cfg["duration_s"]
         self.timeout_s: float = cfg["timeout_s"]
-        self.total: int = max(0, math.ceil(self.rate * self.duration_s - 1e-9))
+        self.total: int = cfg["total"]  # its requests: the run's with its index, modulo stride
         self.slots = [Slot() for _ in range(cfg["connections"])]
         self.idle: deque[Slot] = deque(self.slots)  # FIFO: load spreads over all connections
         self.start = self.end = math.inf
@@ -199,6 +228,7 @@ class Generator:
         self.waker = Waker(loop, self._woken)
         self.hist = histogram()
         self.sent = self.completed = self.bytes = self.unsent = 0
+        self.busy_s = 0.0  # the connections' hold times, summed
         self.errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status": 0}
         self.status_codes: dict[int, int] = {}
         self.finished: asyncio.Future[None] = loop.create_future()
@@ -243,6 +273,7 @@ class Generator:
                 index = self.head
                 self.head = index + 1
                 slot.intended = self.start + index / self.rate
+                slot.taken_at = now
                 self.busy += 1
                 conn = slot.conn
                 if conn is None or conn.dead:
@@ -268,7 +299,8 @@ class Generator:
         self.sent += 1
 
     def complete(self, slot: Slot, status: int, keep_alive: bool) -> None:
-        latency_us = int((time.monotonic() - slot.intended) * 1e6)
+        now = time.monotonic()
+        latency_us = int((now - slot.intended) * 1e6)
         self.hist.record_value(min(max(latency_us, LOWEST_US), HIGHEST_US))
         self.completed += 1
         codes = self.status_codes
@@ -278,7 +310,7 @@ class Generator:
         if not keep_alive and slot.conn is not None:
             slot.conn.kill()
             slot.conn = None
-        self.release(slot)
+        self.release(slot, now)
 
     def fail(self, slot: Slot, kind: str) -> None:
         self.errors[kind] += 1
@@ -287,7 +319,8 @@ class Generator:
             slot.conn = None
         self.release(slot)
 
-    def release(self, slot: Slot) -> None:
+    def release(self, slot: Slot, now: float | None = None) -> None:
+        self.busy_s += (time.monotonic() if now is None else now) - slot.taken_at
         slot.state = IDLE
         self.busy -= 1
         self.idle.append(slot)
@@ -297,15 +330,18 @@ class Generator:
             self.finish()
 
     def in_flight(self) -> int:
-        if self.closed:
+        now = time.monotonic()
+        if self.closed or now < self.start:
             return self.busy
-        due = min(self.total, int((time.monotonic() - self.start) * self.rate) + 1)
+        due = min(self.total, int((now - self.start) * self.rate) + 1)
         return self.busy + max(0, due - self.head)
 
     # -- the run ---------------------------------------------------------------------------
 
     def go(self, start: float) -> None:
-        self.start = start
+        """``start``: the instant shared by all processes (ticks and the end count from it);
+        this process's own schedule begins ``offset_s`` later."""
+        self.start = start + self.offset_s
         self.end = start + self.duration_s
         self.cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         loop, now = self.loop, time.monotonic()
@@ -317,6 +353,8 @@ class Generator:
         self.pump()
 
     def close_schedule(self) -> None:
+        if self.closed:
+            return
         now = time.monotonic()
         if now < self.end:  # uvloop rounds timers to the millisecond: this one came early
             self.loop.call_later(self.end - now, self.close_schedule)
@@ -324,6 +362,10 @@ class Generator:
         self.pump()  # whatever became due since the last wake-up still goes out
         self.closed = True
         self.unsent = self.total - self.head
+        # Each one waited from its intended time until now, when the run stopped waiting for
+        # it: a lower bound of what its client would have seen. The newest waited least.
+        newest = self.start + (self.total - 1) / self.rate
+        record_backlog(self.hist, now - newest, 1 / self.rate, self.unsent)
         if self.busy == 0:
             self.finish()
 
@@ -364,6 +406,7 @@ class Generator:
         emit("RESULT", {
             "index": self.index, "intended": self.total, "sent": self.sent,
             "unsent": self.unsent, "completed": self.completed, "bytes": self.bytes,
+            "connections": len(self.slots), "dispatched": self.head, "busy_s": self.busy_s,
             "errors": self.errors,
             "status_codes": {str(k): v for k, v in self.status_codes.items()},
             "cpu_user_s": user_s, "cpu_system_s": system_s,

@@ -59,13 +59,15 @@ def python_env() -> dict[str, str]:
 
 
 def start_backend(services: Services, workdir: Path, name: str = "bench-backend") -> Target:
+    """One mock metald; ``name`` names its service, its log file and its instance, so that
+    several backends keep apart."""
     port = free_port()
     service = Service(
-        name="backend",
+        name=name,
         argv=[sys.executable, "-m", "fastgw", "mock-metald", "--port", str(port), "--name", name],
-        log_path=workdir / "logs" / "backend.log", env=python_env(), ready_pattern=MOCK_READY)
+        log_path=workdir / "logs" / f"{name}.log", env=python_env(), ready_pattern=MOCK_READY)
     services.start(service)
-    return Target("backend", service, port)
+    return Target(name, service, port)
 
 
 def start_fastgw(services: Services, workdir: Path, backends: Target | Sequence[Target], *,

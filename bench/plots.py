@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
-from bench.compare import TIMES, commit_label, normalize, number, ran
+from bench.results import TIMES, commit_label, normalize, number, ran
 
 PERCENTILES: Final = (("p50_ms", "p50"), ("p90_ms", "p90"), ("p95_ms", "p95"),
                       ("p99_ms", "p99"), ("p999_ms", "p99.9"))

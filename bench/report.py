@@ -100,7 +100,9 @@ def machine_info() -> dict[str, object]:
 
 def write_results(out: Path, results: dict[str, Any], markdown: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    # allow_nan=False: NaN is not JSON; a figure that does not exist is written as null
+    (out / "results.json").write_text(
+        json.dumps(results, indent=2, sort_keys=False, allow_nan=False) + "\n")
     (out / "report.md").write_text(markdown)
 
 

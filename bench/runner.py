@@ -44,7 +44,7 @@ from bench.verdict import Targets
 
 SETTLE_S: Final = 1.0  # pause between runs (connections close, TIME_WAIT settles)
 NOISY_SHARE: Final = 0.1  # a run is "noisy" when others used more than this share of the CPUs
-LATENCY_KEYS: Final = ("p50", "p90", "p95", "p99", "p999")
+REPORTED_PERCENTILES: Final = ("p50", "p90", "p95", "p99", "p999")
 GENERATORS: Final = ("wrk", "openloop")
 
 
@@ -99,8 +99,17 @@ class LoadGenerator:
                              progress=seen)
 
 
-def per_request_us(cpu_s: float, requests: int) -> float:
-    return cpu_s * 1e6 / requests if requests else float("nan")
+def per_request_us(cpu_s: float, requests: int) -> float | None:
+    """CPU-µs per request, rounded; None (not NaN: results.json stays valid JSON) without
+    requests."""
+    return round(cpu_s * 1e6 / requests, 2) if requests else None
+
+
+def error_share(errors: int, requests: int, errors_by_kind: dict[str, int]) -> float | None:
+    """Failed requests / attempted ones. ``requests`` counts every complete response, error
+    statuses included; socket errors (connect, read, write, timeout) come on top."""
+    attempted = requests + sum(n for kind, n in errors_by_kind.items() if kind != "status")
+    return round(errors / attempted, 6) if attempted else None
 
 
 def measure(target: Target, backends: Sequence[Target], generator: LoadGenerator,
@@ -132,17 +141,20 @@ def measure(target: Target, backends: Sequence[Target], generator: LoadGenerator
         "run": index, "target": target.name, "started_at": started_at,
         "rps": round(result.rps, 1), "requests": result.requests,
         "duration_s": round(result.duration_s, 3),
-        **{f"{k}_ms": round(result.latency_ms[k], 3) for k in LATENCY_KEYS},
+        **{f"{k}_ms": round(result.latency_ms[k], 3) for k in REPORTED_PERCENTILES},
         "latency_ms": {k: round(v, 3) for k, v in result.latency_ms.items()},
         "errors": result.error_total, "errors_by_kind": result.errors,
-        "cpu_us_per_request": round(per_request_us(proxy.seconds, result.requests), 2),
-        "user_us_per_request": round(per_request_us(proxy.user_s, result.requests), 2),
-        "system_us_per_request": round(per_request_us(proxy.system_s, result.requests), 2),
-        "backend_cpu_us_per_request": round(per_request_us(back.seconds, result.requests), 2),
-        "loadgen_cpu_us_per_request": round(per_request_us(result.cpu_s, result.requests), 2),
+        "error_share": error_share(result.error_total, result.requests, result.errors),
+        "cpu_us_per_request": per_request_us(proxy.seconds, result.requests),
+        "user_us_per_request": per_request_us(proxy.user_s, result.requests),
+        "system_us_per_request": per_request_us(proxy.system_s, result.requests),
+        "backend_cpu_us_per_request": per_request_us(back.seconds, result.requests),
+        "loadgen_cpu_us_per_request": per_request_us(result.cpu_s, result.requests),
         "proxy_cpu": proxy.as_json(), "backend_cpu": back.as_json(),
         "loadgen_cpu_s": round(result.cpu_s, 3),
-        "offered_rps": result.offered_rps,
+        # open loop: what was offered, and what never went out (the run fell behind)
+        "offered_rps": result.offered_rps, "sent": result.sent,
+        "unsent": getattr(result, "unsent", None), "behind_s": result.behind_s,
         "rss_mb": round(rss.peak_kb["proxy"] / 1024, 2),
         "backend_rss_mb": round(rss.peak_kb["backend"] / 1024, 2),
         "memory_after": memory.as_json(),
@@ -155,7 +167,8 @@ def measure(target: Target, backends: Sequence[Target], generator: LoadGenerator
     }
 
 
-SUMMARY_MEDIANS: Final = ("rps", *(f"{k}_ms" for k in LATENCY_KEYS), "cpu_us_per_request",
+SUMMARY_MEDIANS: Final = ("rps", *(f"{k}_ms" for k in REPORTED_PERCENTILES),
+                          "cpu_us_per_request",
                           "user_us_per_request", "system_us_per_request",
                           "backend_cpu_us_per_request", "loadgen_cpu_us_per_request")
 
@@ -166,11 +179,20 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for r in runs:
         for kind, count in r["errors_by_kind"].items():
             kinds[kind] = kinds.get(kind, 0) + count
+    def med(key: str) -> float | None:
+        values = [float(r[key]) for r in runs if r.get(key) is not None]
+        return round(median(values), 3) if values else None
+
+    errors, requests = sum(int(r["errors"]) for r in runs), sum(int(r["requests"]) for r in runs)
+    behind = [float(r["behind_s"]) for r in runs if r.get("behind_s") is not None]
     return {
-        **{key: round(median([float(r[key]) for r in runs]), 3) for key in SUMMARY_MEDIANS},
-        "errors": sum(int(r["errors"]) for r in runs),
+        **{key: med(key) for key in SUMMARY_MEDIANS},
+        "errors": errors,
         "errors_by_kind": kinds,
-        "requests": sum(int(r["requests"]) for r in runs),
+        "error_share": error_share(errors, requests, kinds),
+        "requests": requests,
+        "unsent": sum(int(r.get("unsent") or 0) for r in runs),
+        "behind_s": max(behind) if behind else None,
         "rss_mb": max(float(r["rss_mb"]) for r in runs),
         "process_changes": [{"run": r["run"], **r["proxy_cpu"]} for r in runs
                             if r["proxy_cpu"]["exited"] or r["proxy_cpu"]["started"]],
@@ -179,15 +201,18 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def ratios(fastgw: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
-    def ratio(a: float, b: float) -> float:
-        return round(a / b, 3) if b else float("nan")
+def ratios(fastgw: dict[str, Any], peer: dict[str, Any], *,
+           open_loop: bool = False) -> dict[str, Any]:
+    """fastgw / peer for each figure. With the open-loop generator both sides are offered the
+    same rate, so an RPS ratio would only echo ``--rate``: it is left out (None)."""
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
 
     paired = [ratio(f["cpu_us_per_request"], p["cpu_us_per_request"])
               for f, p in zip(fastgw["runs"], peer["runs"], strict=False)]
     return {
         "cpu_us_per_request": ratio(fastgw["cpu_us_per_request"], peer["cpu_us_per_request"]),
-        "rps": ratio(fastgw["rps"], peer["rps"]),
+        "rps": None if open_loop else ratio(fastgw["rps"], peer["rps"]),
         "p50_ms": ratio(fastgw["p50_ms"], peer["p50_ms"]),
         "p99_ms": ratio(fastgw["p99_ms"], peer["p99_ms"]),
         "cpu_us_per_request_paired_runs": paired,
@@ -264,7 +289,8 @@ def run_load(scenario: Scenario, opts: Options) -> dict[str, Any]:
         problems = {t.name: log_problems(t) for t in [*backends, *targets]}
         exit_codes = services.stop_all()
     summary = {t.name: summarize(runs[t.name]) for t in targets}
-    pairs = {f"fastgw/{p}": ratios(summary["fastgw"], summary[p]) for p in peers}
+    pairs = {f"fastgw/{p}": ratios(summary["fastgw"], summary[p],
+                                   open_loop=opts.generator == "openloop") for p in peers}
     not_run = [p for p in opts.peers if p not in peers]
     return {
         "status": "ran",

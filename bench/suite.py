@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from bench import idle_conns, runner
-from bench.report import machine_info, machine_md, md_table, now_iso, write_results
+from bench.procs import BenchError
+from bench.report import fmt, machine_info, machine_md, md_table, now_iso, write_results
 from bench.scenarios import Scenario
 from bench.verdict import (
     IDLE_KEYS,
@@ -25,6 +26,9 @@ from bench.verdict import (
     RATIO_PREFIX,
     REFERENCE_IDLE,
     REFERENCE_LOAD,
+    SUITE_LOAD,
+    SUITE_OPEN_LOOP,
+    Limit,
     judge,
     verdict_md,
 )
@@ -59,6 +63,18 @@ def run_idle(scenario: Scenario, opts: runner.Options, idle: IdleOptions) -> dic
             "log_problems": done["log_problems"], "exit_codes": done["exit_codes"]}
 
 
+def limits_for(scenario: Scenario, opts: runner.Options) -> tuple[Limit, ...]:
+    """The reference design's targets, the project's goals, the suite's own checks and the
+    stricter targets given, for one scenario."""
+    given = opts.targets.for_scenario(scenario.name)
+    if scenario.shape == "idle":
+        return (REFERENCE_IDLE + PROJECT.get(scenario.name, ())
+                + tuple(lim for lim in given if lim.key in IDLE_KEYS))
+    suite = SUITE_LOAD + (SUITE_OPEN_LOOP if opts.generator == "openloop" else ())
+    return (REFERENCE_LOAD + suite + PROJECT.get(scenario.name, ())
+            + tuple(lim for lim in given if _load_limit(lim.key)))
+
+
 def run_suite(scenarios: Sequence[Scenario], opts: runner.Options,
               idle: IdleOptions = IdleOptions()) -> dict[str, Any]:
     machine = machine_info()
@@ -72,15 +88,21 @@ def run_suite(scenarios: Sequence[Scenario], opts: runner.Options,
                                       "description": scenario.description}
             continue
         scoped = dataclasses.replace(opts, out=opts.out / scenario.name)
-        if scenario.shape == "idle":
-            entry = run_idle(scenario, scoped, idle)
-            limits = REFERENCE_IDLE + tuple(
-                lim for lim in opts.targets.for_scenario(scenario.name) if lim.key in IDLE_KEYS)
-        else:
-            entry = runner.run_load(scenario, scoped)
-            limits = REFERENCE_LOAD + PROJECT.get(scenario.name, ()) + tuple(
-                lim for lim in opts.targets.for_scenario(scenario.name) if _load_limit(lim.key))
-        entry["verdict"] = judge(entry["targets"]["fastgw"], entry["ratios"], limits)
+        try:
+            entry = (run_idle(scenario, scoped, idle) if scenario.shape == "idle"
+                     else runner.run_load(scenario, scoped))
+        except BenchError as error:  # keep what the other scenarios measured
+            print(f"{scenario.name}: failed: {error}", flush=True)
+            entries[scenario.name] = {"status": "failed", "reason": str(error),
+                                      "description": scenario.description}
+            continue
+        entry["verdict"] = judge(entry["targets"]["fastgw"], entry["ratios"],
+                                 limits_for(scenario, opts))
+        if opts.generator == "openloop" and scenario.shape == "load":
+            for check in entry["verdict"]["checks"]:
+                if check["name"] == "rps":
+                    check["note"] = (f"open loop offered {opts.rate:,.0f} req/s: the run can "
+                                     "show at most that")
         entries[scenario.name] = entry
         print(f"{scenario.name}: verdict {'PASS' if entry['verdict']['passed'] else 'FAIL'}",
               flush=True)
@@ -100,14 +122,20 @@ def run_suite(scenarios: Sequence[Scenario], opts: runner.Options,
 
 
 def write_all(results: dict[str, Any], opts: runner.Options) -> None:
-    """results.json, report.md and the plots (when matplotlib is there: the figures do not
-    depend on it, so its absence costs only the pictures, with a note saying so)."""
+    """results.json and report.md, then the plots, then both again naming the plots: the
+    figures are saved before anything that could fail while drawing. Without matplotlib
+    only the pictures are missing, with a note saying so."""
+    write_results(opts.out, results, markdown(results))
     try:
         from bench.plots import write_plots
-    except ImportError as error:
-        results["plots"] = {"error": f"no plots: {error} (pip install 'fastgw[bench]')"}
-    else:
+
         results["plots"] = {"files": [p.name for p in write_plots(results, opts.out)]}
+    except ImportError as error:
+        if (error.name or "").partition(".")[0] != "matplotlib":
+            raise
+        results["plots"] = {"error": f"no plots: {error} (pip install 'fastgw[bench]')"}
+    except Exception as error:  # a drawing bug must not cost the measurements
+        results["plots"] = {"error": f"plots failed: {type(error).__name__}: {error}"}
     write_results(opts.out, results, markdown(results))
 
 
@@ -120,15 +148,15 @@ def load_table(entry: dict[str, Any]) -> str:
               "peak RSS MB"]
     rows = [[name, t["rps"], t["p50_ms"], t["p90_ms"], t["p95_ms"], t["p99_ms"], t["p999_ms"],
              t["errors"], t["cpu_us_per_request"],
-             f"{t['user_us_per_request']:.1f} + {t['system_us_per_request']:.1f}",
+             f"{fmt(t['user_us_per_request'], 1)} + {fmt(t['system_us_per_request'], 1)}",
              t["backend_cpu_us_per_request"], t["loadgen_cpu_us_per_request"], t["rss_mb"]]
             for name, t in entry["targets"].items()]
     lines = [md_table(header, rows), ""]
     for pair, r in entry["ratios"].items():
-        paired = ", ".join(f"{x:.2f}" for x in r["cpu_us_per_request_paired_runs"])
-        lines.append(f"- **{pair}**: CPU-µs/req x{r['cpu_us_per_request']:.2f} (per run pair: "
-                     f"{paired}), RPS x{r['rps']:.2f}, p50 x{r['p50_ms']:.2f}, "
-                     f"p99 x{r['p99_ms']:.2f}")
+        paired = ", ".join(fmt(x) for x in r["cpu_us_per_request_paired_runs"])
+        lines.append(f"- **{pair}**: CPU-µs/req x{fmt(r['cpu_us_per_request'])} (per run pair: "
+                     f"{paired}), RPS x{fmt(r['rps'])}, p50 x{fmt(r['p50_ms'])}, "
+                     f"p99 x{fmt(r['p99_ms'])}")
     errors = {name: t["errors_by_kind"] for name, t in entry["targets"].items()
               if any(t["errors_by_kind"].values())}
     for name, kinds in errors.items():
@@ -138,13 +166,14 @@ def load_table(entry: dict[str, Any]) -> str:
 
 
 def runs_table(entry: dict[str, Any]) -> str:
+    open_loop = entry["generator"] == "openloop"
     return md_table(
         ["target", "run", "RPS", "p50 ms", "p99 ms", "errors", "CPU-µs/req", "backend",
-         "loadgen", "other CPU s", "steal %"],
+         "loadgen", "other CPU s", "steal %", *(["unsent", "behind s"] if open_loop else [])],
         [[r["target"], f"{r['run']}{' (noisy)' if r['noisy'] else ''}", r["rps"],
           r["p50_ms"], r["p99_ms"], r["errors"], r["cpu_us_per_request"],
           r["backend_cpu_us_per_request"], r["loadgen_cpu_us_per_request"], r["other_cpu_s"],
-          r["steal_pct"]]
+          r["steal_pct"], *([r.get("unsent"), r.get("behind_s")] if open_loop else [])]
          for t in entry["targets"].values() for r in t["runs"]])
 
 
@@ -153,6 +182,9 @@ def sweep_md(entry: dict[str, Any]) -> str:
     for name, t in entry["targets"].items():
         best = "none (even the first rate missed)" if t["best_rate"] is None else (
             f"{t['best_rate']:,.0f} req/s")
+        if t.get("stopped_by_generator"):
+            best += (" — a lower bound: the load generator, not the target, reached its limit "
+                     "(more --processes or --connections, or a bigger machine)")
         parts += [f"**{name}**: highest rate with p99 ≤ {t['target_p99_ms']:g} ms: {best}", "",
                   md_table(["offered req/s", "RPS", "p50 ms", "p99 ms", "p99.9 ms", "errors",
                             "CPU-µs/req", "result"],
@@ -175,6 +207,8 @@ def scenario_md(name: str, entry: dict[str, Any]) -> list[str]:
     parts = [f"## {name}", "", entry["description"] + ".", ""]
     if entry["status"] == "skipped":
         return [*parts, f"Skipped: {entry['reason']}.", ""]
+    if entry["status"] == "failed":
+        return [*parts, "**Failed**:", "", "```", entry["reason"], "```", ""]
     if entry["shape"] == "sweep":
         return [*parts, sweep_md(entry), ""]
     if entry["shape"] == "scale":

@@ -73,7 +73,8 @@ def test_run_measures_fastgw_and_both_peers_and_skips_what_has_not_landed(
     assert set(entry["ratios"]) == {"fastgw/nginx", "fastgw/haproxy"}
     checks = {(c["name"], c["source"]) for c in entry["verdict"]["checks"]}
     assert {("p50_ms", "reference"), ("p95_ms", "reference"), ("p99_ms", "reference"),
-            ("rps", "reference"), ("p99_ms", "cli"), ("cpu_vs_nginx", "project goal")} <= checks
+            ("rps", "reference"), ("p99_ms", "cli"), ("cpu_vs_nginx", "project goal"),
+            ("error_share", "suite")} <= checks
     # the contract's shape: one scenario ran, so its targets are also at the top
     assert results["targets"]["fastgw"]["rps"] == entry["targets"]["fastgw"]["rps"]
     report = (out / "report.md").read_text()
@@ -101,6 +102,10 @@ def test_open_loop_run_offers_the_asked_rate(tmp_path: Path) -> None:
     assert 700 <= fastgw["requests"] <= 900, fastgw["requests"]
     assert fastgw["errors"] == 0
     assert fastgw["runs"][0]["offered_rps"] == pytest.approx(400)
+    assert fastgw["unsent"] == 0 and fastgw["behind_s"] is not None
+    checks = {c["name"]: c for c in entry["verdict"]["checks"]}
+    assert checks["behind_s"]["ok"] and checks["error_share"]["ok"]
+    assert not checks["rps"]["ok"] and "offered 400" in checks["rps"]["note"]
     assert leftovers(out) == []
 
 
@@ -134,6 +139,7 @@ def test_sweep_finds_a_rate_under_the_target(tmp_path: Path) -> None:
     assert found["best_rate"] == 800
     assert all(s["ok"] and s["cpu_us_per_request"] > 0 for s in found["steps"])
     assert (out / "sweep.png").read_bytes()[:8] == PNG_MAGIC
+    assert leftovers(out) == []
 
 
 def test_scale_reports_a_curve_and_skips_full(tmp_path: Path) -> None:
@@ -146,8 +152,10 @@ def test_scale_reports_a_curve_and_skips_full(tmp_path: Path) -> None:
     assert results["scenarios"]["full"]["status"] == "skipped"
     points = results["scenarios"]["passthrough"]["targets"]["fastgw"]["points"]
     assert [p["workers"] for p in points] == [1, 2]
-    assert all(p["rps"] > 0 for p in points)
-    assert points[0]["efficiency"] == 1.0
+    assert all(p["rps"] > 0 and p["errors"] == 0 for p in points)
+    one, two = points
+    assert two["efficiency"] == pytest.approx(two["rps"] / (2 * one["rps"]), abs=0.001)
+    assert len(two["runs"]["rps"]) == 1
     assert (out / "scale.png").read_bytes()[:8] == PNG_MAGIC
     assert leftovers(out) == []
 
@@ -190,3 +198,20 @@ def test_problems_are_one_line_each_and_start_nothing(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "wrk not found" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "y").exists()
+
+
+def test_a_failed_scenario_keeps_what_the_others_measured(tmp_path: Path) -> None:
+    out = tmp_path / "partial"
+    # every target answers 503 on this path: passthrough refuses to measure an error page,
+    # idle-10k (which does not judge statuses) still runs
+    done = bench("run", "--scenario", "passthrough,idle-10k", "--path", "/status/503",
+                 "--peers", "", "--idle-connections", "50", "--load", "0", "--hold", "1s",
+                 "--probe-requests", "5", "--out", str(out))
+    assert done.returncode == 2
+    assert "bench: passthrough failed:" in done.stderr and "Traceback" not in done.stderr
+    results = results_of(out)
+    failed = results["scenarios"]["passthrough"]
+    assert failed["status"] == "failed" and "503" in failed["reason"]
+    assert results["scenarios"]["idle-10k"]["status"] == "ran"
+    assert "**Failed**" in (out / "report.md").read_text()
+    assert leftovers(out) == []

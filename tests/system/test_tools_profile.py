@@ -1,8 +1,9 @@
 """tools/annotate_kernels.py and tools/profile_worker.py as a developer runs them.
 
-The profile test needs wrk and py-spy with ptrace permission (root, or CAP_SYS_PTRACE): where
-they are missing the test fails rather than skips, so an environment that cannot profile is
-noticed, not hidden.
+The profile test needs wrk and py-spy with ptrace permission (CAP_SYS_PTRACE, which root has
+unless a container dropped it; or kernel.yama.ptrace_scope=0): where they are missing the test
+fails rather than skips, so an environment that cannot profile is noticed, not hidden, and
+its message names what is missing.
 """
 
 from __future__ import annotations
@@ -10,14 +11,20 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from bench.scenarios import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ("headers", "hashring", "bucket")
 ANNOTATE_TIMEOUT_S = 60
 PROFILE_TIMEOUT_S = 60
+CAP_SYS_PTRACE = 19  # bit of CapEff in /proc/PID/status (linux/capability.h)
 
 
 def _run_tool(name: str, *args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
@@ -75,7 +82,48 @@ def _processes_mentioning(needles: list[str]) -> list[str]:
     return found
 
 
+def _ptrace_scope() -> int | None:
+    try:
+        return int(Path("/proc/sys/kernel/yama/ptrace_scope").read_text())
+    except (OSError, ValueError):
+        return None  # no Yama: classic rules, the same user may attach
+
+
+def _effective_caps() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def profiling_problem() -> str | None:
+    """Why py-spy cannot profile here, naming exactly what is missing; None when it can.
+
+    py-spy attaches to a fastgw worker that it did not start (the tool starts both), so with
+    Yama's ptrace_scope 1 or 2 it needs CAP_SYS_PTRACE; scope 0 lets the same user attach;
+    scope 3 forbids every attach."""
+    missing = [f"{tool} is not on PATH ({hint})" for tool, hint in
+               (("wrk", "Debian: apt-get install wrk"), ("py-spy", "pip install py-spy"))
+               if shutil.which(tool) is None]
+    scope = _ptrace_scope()
+    has_cap = bool(_effective_caps() >> CAP_SYS_PTRACE & 1)
+    if scope == 3:
+        missing.append("kernel.yama.ptrace_scope is 3: no process may ptrace another, root "
+                       "included (set it to 0 or 1 and run as root)")
+    elif not has_cap and scope not in (None, 0):
+        who = ("root, but without CAP_SYS_PTRACE (the container dropped it: docker run "
+               "--cap-add SYS_PTRACE)" if os.geteuid() == 0
+               else f"uid {os.geteuid()}, not root, without CAP_SYS_PTRACE")
+        missing.append(f"py-spy needs CAP_SYS_PTRACE to attach to a worker it did not start "
+                       f"(kernel.yama.ptrace_scope={scope}); the tests run as {who}: run them "
+                       "as root with CAP_SYS_PTRACE, or set kernel.yama.ptrace_scope=0")
+    return "; ".join(missing) or None
+
+
 def test_profile_worker_writes_a_flame_graph_and_stops_everything(tmp_path: Path) -> None:
+    problem = profiling_problem()
+    if problem is not None:
+        pytest.fail(f"cannot profile in this environment: {problem}", pytrace=False)
     done = _run_tool("profile_worker.py", "--duration", "2s", "--out", str(tmp_path),
                      timeout_s=PROFILE_TIMEOUT_S)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
@@ -88,19 +136,50 @@ def test_profile_worker_writes_a_flame_graph_and_stops_everything(tmp_path: Path
     assert "on_request" in text or "downstream" in text  # fastgw's own frames were sampled
     rps = re.search(r"^load: ([\d,]+) requests/s", done.stdout, re.MULTILINE)
     assert rps is not None and int(rps.group(1).replace(",", "")) > 0, done.stdout
+    assert "GET /echo/x" in done.stdout  # the scenario's path
     ports = re.search(r"on port (\d+) \(backend port (\d+)\)", done.stdout)
     assert ports is not None, done.stdout
-    # Services stopped every process before the tool exited: nothing may name our files or
-    # ports (fastgw's master and workers name the config in tmp_path, the mock its port).
+    # Services stopped every process, and the tool wrk, before it exited: nothing may name our
+    # files or ports (fastgw's master and workers name the config in tmp_path, the mock its
+    # port, wrk fastgw's URL and the Lua script in tmp_path).
     needles = [str(tmp_path), f"--port {ports.group(2)}", f":{ports.group(1)}"]
     assert _processes_mentioning(needles) == []
 
 
-def test_profile_worker_rejects_an_unknown_scenario(tmp_path: Path) -> None:
-    done = _run_tool("profile_worker.py", "--scenario", "jwt-cached", "--out", str(tmp_path),
-                     timeout_s=30)
-    assert done.returncode == 2
+def _refused(done: subprocess.CompletedProcess[str], out: Path) -> str:
+    """The one line of a scenario refused before anything started; the line."""
+    assert done.returncode == 2, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("profile: "), done.stderr
-    assert "not available yet" in lines[0]
-    assert not any(tmp_path.iterdir())  # nothing was started or written
+    assert done.stdout == ""
+    assert not out.exists() or not any(out.iterdir())  # nothing was started or written
+    return lines[0]
+
+
+def test_profile_worker_rejects_an_unknown_scenario(tmp_path: Path) -> None:
+    done = _run_tool("profile_worker.py", "--scenario", "no-such-scenario", "--out",
+                     str(tmp_path), timeout_s=30)
+    line = _refused(done, tmp_path)
+    assert "unknown scenario 'no-such-scenario'" in line
+    assert "passthrough" in line  # the known ones are named
+
+
+def test_profile_worker_refuses_a_scenario_this_build_skips(tmp_path: Path) -> None:
+    skipped = [s for s in SCENARIOS.values() if s.skip_reason() is not None]
+    if not skipped:
+        pytest.skip("every scenario runs in this build")
+    scenario = SCENARIOS["jwt-cached"] if SCENARIOS["jwt-cached"] in skipped else skipped[0]
+    done = _run_tool("profile_worker.py", "--scenario", scenario.name, "--out", str(tmp_path),
+                     timeout_s=30)
+    line = _refused(done, tmp_path)
+    assert f"'{scenario.name}'" in line
+    assert str(scenario.skip_reason()) in line
+
+
+def test_profile_worker_refuses_the_idle_scenario(tmp_path: Path) -> None:
+    idle = next(s for s in SCENARIOS.values() if s.shape == "idle")
+    done = _run_tool("profile_worker.py", "--scenario", idle.name, "--out", str(tmp_path),
+                     timeout_s=30)
+    line = _refused(done, tmp_path)
+    reason = idle.skip_reason()
+    assert (reason if reason is not None else "not supported") in line

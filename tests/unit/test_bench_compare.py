@@ -13,86 +13,18 @@ from bench.compare import (
     BETTER,
     MISSING,
     NOISE,
-    TIMES,
     WORSE,
     Row,
     compare,
     main,
     markdown,
     noise_pct,
-    normalize,
 )
+from bench.results import TIMES, normalize, settings_of
+from tests.support.bench_results import entry, results, schema1, skipped, target
 
 FIGURES = ("rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "cpu_us_per_request",
            "user_us_per_request", "system_us_per_request", "rss_mb", "errors")
-
-
-def target(runs: list[dict[str, float]] | None = None, **medians: float) -> dict[str, Any]:
-    """A TargetSummary: defaults, then ``medians``; ``runs`` as given, else three runs equal to
-    the summary (zero noise)."""
-    summary: dict[str, Any] = {
-        "rps": 20000.0, "p50_ms": 2.0, "p90_ms": 3.0, "p95_ms": 3.5, "p99_ms": 5.0,
-        "p999_ms": 8.0, "errors": 0, "errors_by_kind": {}, "requests": 600000,
-        "cpu_us_per_request": 40.0, "user_us_per_request": 22.0,
-        "system_us_per_request": 18.0, "backend_cpu_us_per_request": 20.0,
-        "loadgen_cpu_us_per_request": 15.0, "rss_mb": 50.0}
-    summary.update(medians)
-    if runs is None:
-        runs = [{k: v for k, v in summary.items() if k != "errors_by_kind"} for _ in range(3)]
-    summary["runs"] = [{**r, "run": i + 1} for i, r in enumerate(runs)]
-    return summary
-
-
-def results(scenarios: dict[str, dict[str, Any]] | None = None, *, kind: str = "run",
-            cpu_count: int = 2, cpu_model: str = "AMD EPYC 7B13 64-Core Processor",
-            commit: str = "0123456789abcdef0123456789abcdef01234567") -> dict[str, Any]:
-    if scenarios is None:
-        scenarios = {"passthrough": entry()}
-    return {"schema": 2, "kind": kind, "command": f"python -m bench {kind}",
-            "started_at": "2026-12-01T10:00:00+00:00",
-            "finished_at": "2026-12-01T10:05:00+00:00",
-            "machine": {"cpu_count": cpu_count, "cpu_model": cpu_model, "python": "3.11.7",
-                        "speedups": "c", "git": {"commit": commit, "dirty": False},
-                        "versions": {}},
-            "settings": {}, "scenarios": scenarios}
-
-
-def entry(targets: dict[str, Any] | None = None) -> dict[str, Any]:
-    targets = targets if targets is not None else {
-        "fastgw": target(), "nginx": target(rps=30000.0, cpu_us_per_request=20.0)}
-    return {"status": "ran", "reason": None, "description": "plain proxy", "generator": "wrk",
-            "targets": targets,
-            "ratios": {"fastgw/nginx": {"cpu_us_per_request": 2.0, "rps": 0.67,
-                                        "p50_ms": 1.3, "p99_ms": 1.4}},
-            "verdict": {"passed": True, "checks": []}}
-
-
-def skipped(reason: str = "JWT authentication has not landed (issue 4)") -> dict[str, Any]:
-    return {"status": "skipped", "reason": reason, "description": "jwt"}
-
-
-def schema1() -> dict[str, Any]:
-    """What bench/passthrough.py writes today."""
-    def t1(rps: float, cpu: float) -> dict[str, Any]:
-        run = {"rps": rps, "p50_ms": 2.0, "p90_ms": 3.0, "p95_ms": 3.4, "p99_ms": 5.0,
-               "p999_ms": 9.0, "errors": 0, "errors_by_kind": {}, "requests": 100,
-               "cpu_us_per_request": cpu, "user_us_per_request": cpu / 2,
-               "system_us_per_request": cpu / 2, "backend_cpu_us_per_request": 20.0,
-               "wrk_cpu_us_per_request": 15.0, "rss_mb": 50.0, "noisy": False}
-        runs = [{**run, "run": i, "rps": rps * (1 + (i - 2) / 100)} for i in (1, 2, 3)]
-        return {**{k: v for k, v in run.items() if k != "noisy"}, "requests": 300,
-                "process_changes": [], "noisy_runs": [], "runs": runs}
-    return {"schema": 1, "scenario": "passthrough", "started_at": "2026-11-26T10:00:00+00:00",
-            "finished_at": "2026-11-26T10:02:00+00:00", "command": "python -m bench run",
-            "settings": {"runs": 3},
-            "machine": {"cpu_count": 2, "cpu_model": "AMD EPYC", "python": "3.11.7",
-                        "speedups": "c", "git": {"commit": "2d1a83f" + "0" * 33,
-                                                 "dirty": True}},
-            "targets": {"fastgw": t1(17000.0, 56.0), "nginx": t1(30000.0, 25.0)},
-            "ratios": {"fastgw/nginx": {"cpu_us_per_request": 2.26, "rps": 0.56,
-                                        "p50_ms": 2.0, "p99_ms": 1.47,
-                                        "cpu_us_per_request_paired_runs": [2.7, 2.28, 2.21],
-                                        "cpu_goal": 1.3, "cpu_goal_met": False}}}
 
 
 def row(rows: list[Row], figure: str, target_name: str = "fastgw", **match: str) -> Row:
@@ -158,7 +90,8 @@ def test_direction_latency_up_is_worse_cpu_down_is_better() -> None:
     assert row(rows, "rss_mb").verdict == BETTER
     assert row(rows, "errors").verdict == WORSE  # from 0: an infinite change
     assert row(rows, "p50_ms").verdict == NOISE
-    assert {r.figure for r in rows} == set(FIGURES) - {"p95_ms"}
+    assert [r.figure for r in rows if r.target == "fastgw"] == list(FIGURES)  # report order
+    assert {r.figure for r in rows} == set(FIGURES)  # no error_share/unsent: the file has none
 
 
 def test_single_run_noise_is_a_dash() -> None:
@@ -178,6 +111,153 @@ def test_missing_figures_show_a_dash_and_do_not_crash() -> None:
     assert row(rows, "p99_ms").verdict == MISSING
     text = markdown(rows, bare, results())
     assert "| fastgw | p99 ms | — | 5.00 | — |" in text
+
+
+def test_p95_is_compared() -> None:
+    a = results({"passthrough": entry({"fastgw": target(p95_ms=3.5)})})
+    b = results({"passthrough": entry({"fastgw": target(p95_ms=4.5)})})
+    r = row(compare(a, b), "p95_ms")
+    assert r.verdict == WORSE and r.label == "p95 ms"
+
+
+def test_error_share_is_compared_when_present_lower_is_better() -> None:
+    def share(value: float, runs: list[float]) -> dict[str, Any]:
+        base = target(error_share=value)
+        return target([{**r, "error_share": v} for r, v in zip(base["runs"], runs,
+                                                                strict=True)],
+                      error_share=value)
+
+    a = results({"passthrough": entry({"fastgw": share(0.002, [0.002, 0.002, 0.002])})})
+    b = results({"passthrough": entry({"fastgw": share(0.001, [0.0009, 0.001, 0.0011])})})
+    r = row(compare(a, b), "error_share")
+    assert r.change_pct == pytest.approx(-50.0)
+    assert r.noise_b == pytest.approx(20.0)
+    assert r.verdict == BETTER
+    assert row(compare(b, a), "error_share").verdict == WORSE
+    assert "| fastgw | error share | 0.2 % | 0.1 % | -50.0 % | 0.0 % | 20.0 % | better |" \
+        in markdown(compare(a, b), a, b)
+    # only in one file: a row with a dash, not a crash
+    old = results({"passthrough": entry({"fastgw": target()})})
+    assert row(compare(old, b), "error_share").verdict == MISSING
+
+
+def test_unsent_is_compared_for_open_loop_runs_only() -> None:
+    def run(unsent: int, generator: str) -> dict[str, Any]:
+        return results({"passthrough": entry({"fastgw": target(unsent=unsent)},
+                                             generator=generator, rate=20000)})
+
+    rows = compare(run(0, "openloop"), run(1200, "openloop"))
+    r = row(rows, "unsent")
+    assert r.verdict == WORSE  # from 0: an infinite change
+    assert "| fastgw | unsent | 0 | 1200 |" in markdown(rows, run(0, "openloop"),
+                                                          run(1200, "openloop"))
+    assert row(compare(run(1200, "openloop"), run(0, "openloop")), "unsent").verdict == BETTER
+    # wrk never leaves a request unsent: a 0 it writes is no figure worth a row
+    assert "unsent" not in {r.figure for r in compare(run(0, "wrk"), run(0, "wrk"))}
+
+
+def test_sweep_best_rate_is_judged_against_the_resolution() -> None:
+    def sweep(best: float, resolution: float | None = None) -> dict[str, Any]:
+        settings = {} if resolution is None else {"resolution": resolution}
+        return results({"passthrough": {"status": "ran", "generator": "openloop", "targets": {
+            "fastgw": {"target_p99_ms": 10.0, "best_rate": best, "steps": []}}}},
+            kind="sweep", settings=settings)
+
+    # the default resolution (5 %) and the threshold (2 %): a 4 % step is not a change
+    assert row(compare(sweep(10000.0), sweep(10400.0)), "best_rate").verdict == NOISE
+    assert row(compare(sweep(10000.0), sweep(10600.0)), "best_rate").verdict == BETTER
+    # the coarser of the two files decides
+    assert row(compare(sweep(10000.0, 0.1), sweep(10800.0, 0.02)),
+               "best_rate").verdict == NOISE
+    assert row(compare(sweep(10000.0, 0.01), sweep(10150.0, 0.01)),
+               "best_rate").verdict == NOISE  # the threshold, above a fine resolution
+    assert row(compare(sweep(10000.0, 0.01), sweep(10300.0, 0.01), threshold_pct=1.0),
+               "best_rate").verdict == BETTER
+    text = markdown(compare(sweep(1.0, 0.1), sweep(1.0)), sweep(1.0, 0.1), sweep(1.0))
+    assert "within its resolution (10 % in A, 5 % in B)" in text
+    assert "only beyond 10 %" in text
+
+
+def test_scale_points_use_their_runs_for_noise() -> None:
+    def scale(rps4: float, runs: list[float] | None) -> dict[str, Any]:
+        point = {"workers": 4, "rps": rps4, "cpu_us_per_request": 40.0}
+        if runs is not None:
+            point["runs"] = {"rps": runs, "p99_ms": [4.0, 4.0, 4.0],
+                             "cpu_us_per_request": [39.0, 40.0, 41.0]}
+        return results({"passthrough": {"status": "ran", "targets": {
+            "fastgw": {"points": [point]}}}}, kind="scale")
+
+    a, b = scale(36000.0, [32400.0, 36000.0, 39600.0]), scale(33000.0, [33000.0] * 3)
+    rows = compare(a, b)
+    r = row(rows, "rps", where="4 workers")
+    assert r.noise_a == pytest.approx(20.0) and r.noise_b == 0.0
+    assert r.verdict == NOISE  # -8.3 % inside A's 20 % spread
+    assert row(rows, "cpu_us_per_request").noise_a == pytest.approx(5.0)
+    # without runs (an older file) the noise is unknown: a dash, and the threshold decides
+    bare = compare(scale(36000.0, None), scale(33000.0, None))
+    assert row(bare, "rps").noise_a is None and row(bare, "rps").verdict == WORSE
+    assert "| fastgw | RPS @ 4 workers | 36,000 | 33,000 | -8.3 % | — | — | **worse** |" in \
+        markdown(bare, scale(36000.0, None), scale(33000.0, None))
+
+
+def test_settings_are_read_per_scenario_then_from_the_file() -> None:
+    run = normalize(results({"passthrough": entry(connections=80)},
+                            settings={"workers": 1, "generator": "wrk", "scenarios": ["x"]}))
+    got = settings_of(run, "passthrough")
+    assert got["connections"] == 80 and got["generator"] == "wrk" and got["runs"] == 3
+    sweep = normalize(results({"passthrough": {"status": "ran", "generator": "openloop",
+                                               "targets": {}}}, kind="sweep",
+                              settings={"step_duration_s": 5.0, "connections": 64,
+                                        "resolution": 0.05, "workers": 2}))
+    assert settings_of(sweep, "passthrough") == {
+        "generator": "openloop", "duration_s": 5.0, "connections": 64, "resolution": 0.05,
+        "workers": 2}
+    scale = normalize(results({"passthrough": {"status": "ran", "targets": {}}}, kind="scale",
+                              settings={"connections_per_worker": 50, "workers": [1, 2]}))
+    assert settings_of(scale, "passthrough") == {"connections": 50, "workers": [1, 2]}
+
+
+def test_different_settings_warn_in_the_header() -> None:
+    a = results({"passthrough": entry(), "jwt": entry()})
+    b = results({"passthrough": entry(connections=200, duration_s=5.0),
+                 "jwt": entry(connections=200, duration_s=5.0)})
+    text = markdown(compare(a, b), a, b)
+    warning = [line for line in text.splitlines() if "different settings" in line]
+    assert warning == ["> **Warning: A and B ran with different settings:** passthrough, jwt: "
+                       "connections 50 vs 200, duration_s 10 vs 5: a change may be the load, "
+                       "not the code."]
+    assert text.index("different settings") < text.index("## passthrough")  # in the header
+    same = markdown(compare(a, a), a, a)
+    assert "different settings" not in same and "Warning" not in same
+    # keys one file does not record are not a difference (schema 1 kept only "runs")
+    assert "different settings" not in markdown(compare(schema1(), a), schema1(), a)
+
+
+@pytest.mark.parametrize(("key", "a_value", "b_value", "shown"), [
+    ("generator", "wrk", "openloop", "generator wrk vs openloop"),
+    ("rate", 10000, 20000, "rate 10000 vs 20000"),
+    ("workers", 1, 2, "workers 1 vs 2"),
+    ("runs", 3, 5, "runs 3 vs 5"),
+    ("threads", 1, 2, "threads 1 vs 2"),
+    ("path", "/echo/x", "/echo/y", "path /echo/x vs /echo/y"),
+])
+def test_each_load_setting_is_checked(key: str, a_value: object, b_value: object,
+                                      shown: str) -> None:
+    a = results({"passthrough": entry(**{key: a_value})})
+    b = results({"passthrough": entry(**{key: b_value})})
+    warning = [line for line in markdown(compare(a, b), a, b).splitlines()
+               if "different settings" in line]
+    assert len(warning) == 1 and f"passthrough: {shown}:" in warning[0], warning
+
+
+def test_sweep_settings_differ_at_the_top_level() -> None:
+    def sweep(step_s: float) -> dict[str, Any]:
+        return results({"passthrough": {"status": "ran", "generator": "openloop", "targets": {
+            "fastgw": {"best_rate": 1000.0, "steps": []}}}}, kind="sweep",
+            settings={"step_duration_s": step_s, "connections": 64, "resolution": 0.05})
+
+    text = markdown(compare(sweep(5.0), sweep(10.0)), sweep(5.0), sweep(10.0))
+    assert "different settings:** passthrough: duration_s 5 vs 10:" in text
 
 
 # -- the Markdown ----------------------------------------------------------------------------

@@ -9,9 +9,9 @@ from typing import Any
 import matplotlib.image
 import pytest
 
-from bench.compare import TIMES
 from bench.plots import build_figures, short_cpu, write_plots
-from tests.unit.test_bench_compare import entry, results, schema1, skipped, target
+from bench.results import TIMES
+from tests.support.bench_results import entry, results, schema1, skipped, target
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -33,8 +33,12 @@ def sweep_results(*, skip_second: bool = True) -> dict[str, Any]:
 
 def scale_results() -> dict[str, Any]:
     def points(rps1: float, efficiency: float) -> list[dict[str, Any]]:
+        # with per-run values, as bench/modes.py keeps them for compare's noise
         return [{"workers": w, "rps": rps1 * w * efficiency ** (w - 1), "p99_ms": 4.0,
-                 "cpu_us_per_request": 40.0 + w} for w in (1, 2, 4, 8)]
+                 "cpu_us_per_request": 40.0 + w,
+                 "runs": {"rps": [rps1 * w * efficiency ** (w - 1)] * 3,
+                          "p99_ms": [4.0] * 3, "cpu_us_per_request": [40.0 + w] * 3}}
+                for w in (1, 2, 4, 8)]
 
     return results({"passthrough": {"status": "ran", "generator": "wrk", "targets": {
         "fastgw": {"points": points(15000.0, 0.93)},

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.scenarios import SCENARIOS, resolve
-from bench.verdict import REFERENCE_LOAD, Limit, judge, load_targets, parse_cli
+from bench.verdict import REFERENCE_LOAD, SUITE_LOAD, Limit, judge, load_targets, parse_cli
 from fastgw import features
 
 
@@ -17,6 +17,8 @@ from fastgw import features
     ("p99_ms=0.2s", "p99_ms", 200.0),
     ("rps=20000", "rps", 20000.0),
     ("cpu_vs_nginx=1.3", "cpu_vs_nginx", 1.3),
+    ("errors=0", "errors", 0.0),
+    ("error_share=0.0001", "error_share", 0.0001),
 ])
 def test_cli_targets_parse(text: str, key: str, value: float) -> None:
     limit = parse_cli(text)
@@ -24,7 +26,7 @@ def test_cli_targets_parse(text: str, key: str, value: float) -> None:
 
 
 @pytest.mark.parametrize("text", ["p98=3", "rps=abc", "rps=-1", "p99_ms", "cpu_vs_=2",
-                                  "rps=5ms", "errors=0"])
+                                  "rps=5ms", "rps=0", "errors=-1"])
 def test_bad_cli_targets_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="expected"):
         parse_cli(text)
@@ -46,6 +48,7 @@ def test_targets_file_common_and_per_scenario(tmp_path: Path) -> None:
     ("- 1\n", "expected a mapping"),
     ("scenarios: [1]\n", "$.scenarios"),
     ("p99_ms: [\n", "targets.yaml"),
+    ("scenarios:\n  passthru: {p99_ms: 1}\n", "$.scenarios.passthru: unknown scenario"),
 ])
 def test_bad_targets_file_names_the_key(tmp_path: Path, text: str, where: str) -> None:
     path = tmp_path / "targets.yaml"
@@ -61,6 +64,28 @@ def test_missing_targets_file_is_named(tmp_path: Path) -> None:
 
 
 FASTGW = {"p50_ms": 2.0, "p95_ms": 4.0, "p99_ms": 6.0, "rps": 24000.0, "errors": 0}
+
+
+def test_errors_fail_a_verdict_that_latency_alone_would_pass() -> None:
+    fast_errors = {**FASTGW, "errors": 250000, "error_share": 0.9}
+    assert judge(fast_errors, {}, REFERENCE_LOAD)["passed"]  # latency and RPS alone: fine
+    verdict = judge(fast_errors, {}, REFERENCE_LOAD + SUITE_LOAD)
+    assert not verdict["passed"]
+    assert [c["name"] for c in verdict["checks"] if not c["ok"]] == ["error_share"]
+    assert judge({**FASTGW, "error_share": 0.0}, {}, SUITE_LOAD)["passed"]
+
+
+def test_reference_targets_are_strict_bounds() -> None:
+    at_limit = {**FASTGW, "p50_ms": 10.0}  # the reference says p50 < 10 ms
+    verdict = judge(at_limit, {}, REFERENCE_LOAD)
+    assert [c["name"] for c in verdict["checks"] if not c["ok"]] == ["p50_ms"]
+    assert judge(at_limit, {}, [Limit("p50_ms", 10.0, "cli")])["passed"]  # "at most" when given
+
+
+def test_aliases_in_targets_files(tmp_path: Path) -> None:
+    path = tmp_path / "targets.yaml"
+    path.write_text("scenarios:\n  idle: {rss_mb: 120}\n")
+    assert [lim.key for lim in load_targets(path).for_scenario("idle-10k")] == ["rss_mb"]
 
 
 def test_reference_targets_pass_and_fail() -> None:
