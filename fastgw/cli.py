@@ -70,6 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file (exit 0 or 2)")
     check.add_argument("-c", "--config", required=True, metavar="FILE")
 
+    keygen = commands.add_parser("keygen", help="write a signing key pair (PEM) and a JWKS file")
+    keygen.add_argument("--alg", required=True, choices=("RS256", "ES256", "EdDSA"))
+    keygen.add_argument("--out", required=True, metavar="DIR")
+    keygen.add_argument("--kid", default=None, help="key id (default: RFC 7638 thumbprint)")
+    keygen.add_argument("--bits", type=int, default=None, help="RSA key size (default 2048)")
+
+    token = commands.add_parser("token", help="print a signed JWT for one customer")
+    token.add_argument("--key", required=True, metavar="PRIVATE.pem")
+    token.add_argument("--customer", required=True, metavar="ID")
+    token.add_argument("--tier", default=None, help="rate-limit tier (default: free)")
+    token.add_argument("--permissions", default=None, metavar="a,b")
+    token.add_argument("--pool", default=None)
+    token.add_argument("--ttl", default=None, metavar="DURATION", help="lifetime (default 1h)")
+    token.add_argument("--kid", default=None, help="key id (default: RFC 7638 thumbprint)")
+    token.add_argument("--alg", default=None, help="signature algorithm (default: from the key)")
+    token.add_argument("--issuer", default=None, help="'iss' claim")
+    token.add_argument("--audience", default=None, help="'aud' claim")
+
     mock = commands.add_parser("mock-metald", help="one mock metald backend instance")
     mock.add_argument("--port", type=_port, required=True)
     mock.add_argument("--name", default="metald")
@@ -113,6 +131,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fastgw.demo import run_demo
 
         return run_demo(port=args.port, workers=args.workers)
+    if args.command == "keygen":
+        return _keygen(args)
+    if args.command == "token":
+        return _token(args)
     if args.command == "mock-metald":
         from fastgw.mock.metald import run_mock_metald
 
@@ -126,3 +148,66 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return 0
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from fastgw.keys import write_key_pair
+
+    files = write_key_pair(args.out, args.alg, kid=args.kid, bits=args.bits)
+    print(f"private key: {files.private_pem} (mode 0600, keep it secret)")
+    print(f"public key:  {files.public_pem}")
+    print(f"jwks:        {files.jwks_json}")
+    print(f"kid:         {files.kid}")
+    print(
+        f"config: gateway.authentication.jwt.public_key_file: {files.public_pem}"
+        f"  gateway.authentication.jwt.algorithm: {files.algorithm}"
+    )
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    """Only the token goes to stdout, so that ``TOKEN=$(fastgw token ...)`` just works."""
+    from fastgw.config.units import DURATION_HINT, parse_duration
+    from fastgw.keys import load_private_key
+    from fastgw.tokens import (
+        DEFAULT_TIER,
+        DEFAULT_TTL,
+        TokenError,
+        check_customer_id,
+        mint_token,
+        parse_permissions,
+    )
+
+    problems: list[str] = []  # report every bad option at once, one line each
+    ttl_text = DEFAULT_TTL if args.ttl is None else args.ttl
+    ttl_s = 0.0
+    try:
+        ttl_s = parse_duration(ttl_text)
+        if ttl_s <= 0:
+            problems.append(f"--ttl: expected a duration > 0, got {ttl_text!r}")
+    except ValueError as error:
+        problems.append(f"--ttl: {error}: {ttl_text!r} ({DURATION_HINT})")
+    try:
+        check_customer_id(args.customer)
+    except TokenError as error:
+        problems.append(str(error))
+    try:
+        key = load_private_key(args.key)
+    except FastgwError as error:
+        problems.append(str(error))
+    if problems:
+        raise TokenError("\n".join(problems))
+    token = mint_token(
+        key,
+        customer_id=args.customer,
+        tier=DEFAULT_TIER if args.tier is None else args.tier,
+        permissions=parse_permissions(args.permissions),
+        pool=args.pool,
+        ttl_s=ttl_s,
+        kid=args.kid,
+        algorithm=args.alg,
+        issuer=args.issuer,
+        audience=args.audience,
+    )
+    print(token)
+    return 0

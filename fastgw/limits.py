@@ -58,3 +58,7 @@ DRAIN_TIMEOUT_S: Final = 30.0
 
 RESPAWN_BACKOFF_MAX_S: Final = 30.0
 """Upper bound of the exponential back-off between respawns of a crashing worker."""
+
+# A customer id, whichever way it arrives (dev token, JWT claim, `fastgw token`): it becomes a
+# header value and a rate-limit key, so a short, plain charset.
+CUSTOMER_ID_PATTERN: Final = r"[A-Za-z0-9_.\-]{1,128}\Z"

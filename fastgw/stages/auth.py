@@ -11,6 +11,7 @@ import re
 from typing import TYPE_CHECKING, Final
 
 from fastgw._speedups import extract_bearer
+from fastgw.limits import CUSTOMER_ID_PATTERN
 from fastgw.pipeline import CONTINUE, RESPOND
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from fastgw.replies import ReplyTable
 
 MAX_TOKEN_BYTES: Final = 8 * 1024
-_CUSTOMER_ID: Final = re.compile(rb"[A-Za-z0-9_.\-]{1,128}\Z")
+_CUSTOMER_ID: Final = re.compile(CUSTOMER_ID_PATTERN.encode("ascii"))
 DEV_TIER: Final = b"dev"
 
 
