@@ -29,16 +29,7 @@ from typing import Any
 
 from bench.procs import BenchError
 from bench.scenarios import SCENARIOS, Scenario, resolve
-from fastgw.cli import positive_duration, positive_int
-
-
-def _duration_or_zero(text: str) -> float:
-    from fastgw.config.units import parse_duration
-
-    try:
-        return 0.0 if parse_duration(text) == 0 else positive_duration(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+from fastgw.cli import duration, positive_duration, positive_int
 
 
 def _positive_float(text: str) -> float:
@@ -129,7 +120,7 @@ def _generator(parser: argparse.ArgumentParser) -> None:
                         help="measured runs per target, alternating between targets "
                              "(default 3)")
     parser.add_argument("--threads", type=positive_int, default=1, help="wrk threads")
-    parser.add_argument("--warmup", type=_duration_or_zero, default=3.0,
+    parser.add_argument("--warmup", type=duration, default=3.0,
                         metavar="DURATION",
                         help="unrecorded run per target first (default 3s; 0 for none)")
 
@@ -141,7 +132,7 @@ def _idle_args(parser: argparse.ArgumentParser, flag: str) -> None:
                         help="idle-10k: connections the client opens at once (default 200)")
     parser.add_argument("--probe-requests", type=positive_int, default=200,
                         help="idle-10k: sequential requests of the latency probe (default 200)")
-    parser.add_argument("--load", type=_duration_or_zero, default=3.0, metavar="DURATION",
+    parser.add_argument("--load", type=duration, default=3.0, metavar="DURATION",
                         help="idle-10k: wrk -c10 run beside the idle connections (default 3s)")
     parser.add_argument("--hold", type=positive_duration, default=5.0, metavar="DURATION",
                         help="idle-10k: time the connections are held idle while fastgw's "

@@ -53,6 +53,10 @@ class LoadResult:
     def error_total(self) -> int:
         return sum(self.errors.values())
 
+    @property
+    def error_share(self) -> float | None:
+        return error_share(self.error_total, self.requests, self.errors)
+
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {
             "generator": self.generator, "duration_s": round(self.duration_s, 3),
@@ -79,3 +83,10 @@ class LoadResult:
         if self.busy_share is not None:
             out["busy_share"] = round(self.busy_share, 3)
         return out
+
+
+def error_share(errors: int, requests: int, errors_by_kind: dict[str, int]) -> float | None:
+    """Failed requests / attempted ones. ``requests`` counts every complete response, error
+    statuses included; socket errors (connect, read, write, timeout) come on top."""
+    attempted = requests + sum(n for kind, n in errors_by_kind.items() if kind != "status")
+    return round(errors / attempted, 6) if attempted else None

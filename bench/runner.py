@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import profile as pyspy
-from bench.loadgen import LoadResult
+from bench.loadgen import LoadResult, error_share
 from bench.peers import Target, get, start_backend, start_fastgw, start_peer
 from bench.procs import (
     CLK_TCK,
@@ -105,13 +105,6 @@ def per_request_us(cpu_s: float, requests: int) -> float | None:
     return round(cpu_s * 1e6 / requests, 2) if requests else None
 
 
-def error_share(errors: int, requests: int, errors_by_kind: dict[str, int]) -> float | None:
-    """Failed requests / attempted ones. ``requests`` counts every complete response, error
-    statuses included; socket errors (connect, read, write, timeout) come on top."""
-    attempted = requests + sum(n for kind, n in errors_by_kind.items() if kind != "status")
-    return round(errors / attempted, 6) if attempted else None
-
-
 def measure(target: Target, backends: Sequence[Target], generator: LoadGenerator,
             index: int) -> dict[str, Any]:
     """One load run against ``target``, with CPU and memory around it."""
@@ -144,7 +137,7 @@ def measure(target: Target, backends: Sequence[Target], generator: LoadGenerator
         **{f"{k}_ms": round(result.latency_ms[k], 3) for k in REPORTED_PERCENTILES},
         "latency_ms": {k: round(v, 3) for k, v in result.latency_ms.items()},
         "errors": result.error_total, "errors_by_kind": result.errors,
-        "error_share": error_share(result.error_total, result.requests, result.errors),
+        "error_share": result.error_share,
         "cpu_us_per_request": per_request_us(proxy.seconds, result.requests),
         "user_us_per_request": per_request_us(proxy.user_s, result.requests),
         "system_us_per_request": per_request_us(proxy.system_s, result.requests),

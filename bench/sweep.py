@@ -107,10 +107,7 @@ def judge(rate: float, result: LoadResult, *, target_p99_ms: float,
     if result.rps < min_achieved_share * rate:
         reasons.append(f"achieved {result.rps:,.0f} rps < {min_achieved_share:.0%} of "
                        f"{rate:,.0f}")
-    # Socket errors are requests that got no response; status errors are among the responses.
-    failed = result.error_total - result.errors.get("status", 0)
-    attempted = result.requests + failed
-    share = result.error_total / attempted if attempted else 0.0
+    share = result.error_share or 0.0
     if share > max_error_share:
         reasons.append(f"errors {_pct(share)} > {_pct(max_error_share)}")
     limited = ""

@@ -76,17 +76,25 @@ def parse(output: str, cpu_s: float) -> WrkResult:
                      output=human)
 
 
-def run_wrk(url: str, *, duration_s: float, connections: int, threads: int = 1,
-            timeout_s: float = 5.0, script_dir: Path) -> WrkResult:
-    """One wrk run; its CPU is the growth of RUSAGE_CHILDREN across it (only wrk is reaped in
-    that window)."""
+def wrk_argv(url: str, *, duration_s: float, connections: int, threads: int = 1,
+             timeout_s: float = 5.0, script_dir: Path) -> list[str]:
+    """The wrk command line of every run, with the result hook written to ``script_dir``."""
     script = script_dir / "wrk_report.lua"
     if not script.exists():
         script_dir.mkdir(parents=True, exist_ok=True)
         script.write_text(lua_script())
-    seconds = max(1, round(duration_s))
-    argv = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+    return [wrk_binary(), f"-t{threads}", f"-c{connections}",
+            f"-d{max(1, round(duration_s))}s", "--latency",
             f"--timeout={max(1, round(timeout_s))}s", "-s", str(script), url]
+
+
+def run_wrk(url: str, *, duration_s: float, connections: int, threads: int = 1,
+            timeout_s: float = 5.0, script_dir: Path) -> WrkResult:
+    """One wrk run; its CPU is the growth of RUSAGE_CHILDREN across it (only wrk is reaped in
+    that window)."""
+    seconds = max(1, round(duration_s))
+    argv = wrk_argv(url, duration_s=duration_s, connections=connections, threads=threads,
+                    timeout_s=timeout_s, script_dir=script_dir)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     try:

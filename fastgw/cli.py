@@ -23,7 +23,7 @@ def positive_int(text: str) -> int:
 
 def positive_duration(text: str) -> float:
     """argparse type: a duration > 0 in seconds (``10s``, ``500ms``; shared with the bench)."""
-    value = _seconds(text)
+    value = duration(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a duration > 0, got {text!r}")
     return value
@@ -39,7 +39,8 @@ def _port(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def duration(text: str) -> float:
+    """argparse type: a duration >= 0 in seconds (``0``, ``500ms``; shared with the bench)."""
     from fastgw.config.units import parse_duration
 
     try:
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=positive_int, default=None)
     serve.add_argument(
         "--drain-timeout",
-        type=_seconds,
+        type=duration,
         default=None,
         metavar="DURATION",
         help="time in-flight requests get on SIGTERM/reload (default 30s)",

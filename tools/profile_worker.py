@@ -69,14 +69,13 @@ from bench.procs import BenchError, Services, tree_pids  # noqa: E402
 from bench.profile import RATE_HZ  # noqa: E402
 from bench.runner import check_targets  # noqa: E402
 from bench.scenarios import ALIASES, SCENARIOS, Scenario  # noqa: E402
-from bench.wrk import lua_script, parse, wrk_binary  # noqa: E402
+from bench.wrk import parse, wrk_argv, wrk_binary  # noqa: E402
 from fastgw.cli import positive_duration, positive_int  # noqa: E402
 
 LOAD_READY_S: Final = 10.0  # wrk's connections must reach the worker within this
 LOAD_POLL_S: Final = 0.05
 SPY_GRACE_S: Final = 30.0  # py-spy's limit beyond the sampling time
 WRK_STOP_S: Final = 10.0  # from SIGINT to wrk's summary
-WRK_TIMEOUT_S: Final = 5  # wrk --timeout, as bench.wrk.run_wrk
 TCP_ESTABLISHED: Final = "01"  # the ``st`` column of /proc/net/tcp
 #: Runs in a fresh interpreter: PR_SET_PDEATHSIG for itself, then exec wrk (argv[2:]). Set
 #: here, not in a preexec_fn; exits if the parent (argv[1]) died before it was set.
@@ -148,13 +147,11 @@ class Wrk:
 
     def __init__(self, url: str, *, duration_s: int, connections: int, threads: int,
                  out: Path) -> None:
-        script = out / "wrk_report.lua"
-        script.write_text(lua_script())
         self.connections = connections
         self.log_path = out / "logs" / "wrk.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.argv = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{duration_s}s",
-                     "--latency", f"--timeout={WRK_TIMEOUT_S}s", "-s", str(script), url]
+        self.argv = wrk_argv(url, duration_s=duration_s, connections=connections,
+                             threads=threads, script_dir=out)
         with open(self.log_path, "wb") as log:
             try:
                 self.popen = subprocess.Popen(
