@@ -177,9 +177,23 @@ class JwtConfig:
     )
     key_refresh_interval_s: float = seconds(
         300.0,
-        "How often jwks_url is refetched; an unknown kid refetches at most once per interval.",
+        "How often jwks_url is refetched (and jwks_file re-read when it changed); an unknown "
+        "kid refetches at most once per interval.",
         "refresh_interval",
         positive=True,
+    )
+    cache_max_entries: int = setting(
+        100_000,
+        "Verified tokens kept per worker (least recently used evicted first); 0: no cache.",
+        key="cache_size",
+        range=(0, 10_000_000),
+    )
+    max_token_bytes: int = setting(
+        8 * 1024,
+        "Longest token accepted; a longer one is 401 before any decoding.",
+        key="max_token_size",
+        kind="size",
+        range=(256, 64 * 1024),
     )
 
     @property
@@ -201,12 +215,33 @@ class DevelopmentAuthConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RevocationConfig:
+    """``gateway.authentication.revocation``: revoked tokens, kept in Redis for every instance."""
+
+    enabled: bool = setting(
+        False,
+        "Honour the revocation list in Redis (gateway.rate_limiting.redis); fill it with "
+        "'fastgw revoke'.",
+    )
+    poll_interval_s: float = seconds(
+        0.5,
+        "How often each worker checks the list for changes; a revocation is honoured within "
+        "this time plus one Redis round trip.",
+        "poll_interval",
+        range=(0.05, 1.0),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthenticationConfig:
     """``gateway.authentication``."""
 
     jwt: JwtConfig = field(default_factory=JwtConfig, metadata=meta("JWT verification."))
     development: DevelopmentAuthConfig = field(
         default_factory=DevelopmentAuthConfig, metadata=meta("Development tokens.")
+    )
+    revocation: RevocationConfig = field(
+        default_factory=RevocationConfig, metadata=meta("Token revocation list.")
     )
     token_sources: tuple[str, ...] = setting(
         ("header",),

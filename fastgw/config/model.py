@@ -240,6 +240,9 @@ class RouteConfig:
     permissions: tuple[str, ...] = setting(
         (), "Permissions a customer needs (all of them).", unique=True
     )
+    features: tuple[str, ...] = setting(
+        (), "Feature flags a customer's token must grant (all of them).", unique=True
+    )
     auth: str = setting("required", "'required' or 'none'.", choices=("required", "none"))
     timeout_s: float | None = seconds(
         None, "Backend timeout for this route; null: gateway.routing.backend_timeout.",
