@@ -50,6 +50,8 @@ def duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fastgw.revoke import customer_argument, jti_argument, time_argument
+
     parser = argparse.ArgumentParser(prog="fastgw", description="fastgw API gateway")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -88,6 +90,33 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--alg", default=None, help="signature algorithm (default: from the key)")
     token.add_argument("--issuer", default=None, help="'iss' claim")
     token.add_argument("--audience", default=None, help="'aud' claim")
+
+    revoke = commands.add_parser(
+        "revoke", help="revoke a token (jti) or a customer's tokens in Redis; list; forget"
+    )
+    revoke.add_argument("-c", "--config", required=True, metavar="FILE")
+    what = revoke.add_mutually_exclusive_group(required=True)
+    what.add_argument("--jti", type=jti_argument, metavar="ID", help="revoke one token")
+    what.add_argument(
+        "--customer", type=customer_argument, metavar="ID", help="revoke a customer's tokens"
+    )
+    what.add_argument("--list", action="store_true", help="print both lists")
+    revoke.add_argument(
+        "--until",
+        type=time_argument,
+        metavar="TIME",
+        help="with --jti: the token's exp, unix seconds or a duration from now (default 24h)",
+    )
+    revoke.add_argument(
+        "--before",
+        type=time_argument,
+        metavar="TIME",
+        help="with --customer: revoke tokens issued before TIME, unix seconds or a duration "
+        "from now (default now)",
+    )
+    revoke.add_argument(
+        "--forget", action="store_true", help="remove the --jti or --customer entry instead"
+    )
 
     mock = commands.add_parser("mock-metald", help="one mock metald backend instance")
     mock.add_argument("--port", type=_port, required=True)
@@ -136,6 +165,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _keygen(args)
     if args.command == "token":
         return _token(args)
+    if args.command == "revoke":
+        from fastgw.revoke import run_revoke
+
+        return run_revoke(args)
     if args.command == "mock-metald":
         from fastgw.mock.metald import run_mock_metald
 

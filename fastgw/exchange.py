@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from fastgw._speedups import RequestHead
+    from fastgw.auth.context import CustomerContext
     from fastgw.http.downstream import DownstreamProtocol
     from fastgw.http.upstream import UpstreamProtocol
     from fastgw.plan import RoutePlan
@@ -72,8 +73,7 @@ class Exchange:
         "close_after",
         "conn",
         "continue_sent",
-        "customer_headers",
-        "customer_id",
+        "customer",
         "head",
         "http_minor",
         "keep_alive",
@@ -81,8 +81,6 @@ class Exchange:
         "local_status",
         "method",
         "path",
-        "permissions",
-        "pool",
         "query",
         "reply",
         "request_id",
@@ -93,7 +91,6 @@ class Exchange:
         "status",
         "step",
         "target",
-        "tier",
         "upstream",
     )
 
@@ -111,12 +108,8 @@ class Exchange:
         self.request_id = b""
         self.route: RoutePlan | None = None
         self.step = 0
-        # Customer context, set by the auth stage.
-        self.customer_id: bytes | None = None
-        self.tier: bytes | None = None
-        self.permissions: frozenset[bytes] | None = None  # None = every permission (dev tokens)
-        self.pool: bytes | None = None
-        self.customer_headers = b""  # X-Customer-* lines for the backend, built by auth
+        # Set by the auth stage: who calls (None on a route without auth).
+        self.customer: CustomerContext | None = None
         # Request body bookkeeping.
         self.body_pending: list[bytes] = []
         self.body_pending_bytes = 0

@@ -15,6 +15,7 @@ AVAILABLE: Final = frozenset(
         "proxy",  # HTTP/1.1 reverse proxy: pools, streaming, strict framing, timeouts
         "health",  # /health, /health/detailed, /ready
         "dev-tokens",  # development bearer tokens (gateway.authentication.development)
+        "jwt",  # JWT verification, verified-token cache, revocation (gateway.authentication)
         "round-robin",  # weighted round robin over routing.metald_instances
     }
 )

@@ -23,7 +23,7 @@ from typing import Final
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from fastgw.errors import FastgwError
@@ -36,6 +36,35 @@ MIN_RSA_BITS: Final = 2048
 PRIVATE_NAME: Final = "private.pem"
 PUBLIC_NAME: Final = "public.pem"
 JWKS_NAME: Final = "jwks.json"
+
+RSA_ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+# RFC 7518 §3.4: a curve has one algorithm (ES256 is P-256 with SHA-256, ES384 P-384 with
+# SHA-384); only the curves whose algorithm the gateway accepts (no ES512).
+EC_ALGORITHMS: Final[dict[str, str]] = {"secp256r1": "ES256", "secp384r1": "ES384"}
+CURVE_NAMES: Final[dict[str, str]] = {"secp256r1": "P-256", "secp384r1": "P-384"}
+
+AnyKey = PrivateKey | PublicKey | ed448.Ed448PrivateKey | ed448.Ed448PublicKey
+
+
+def key_algorithms(key: AnyKey) -> tuple[str, ...]:
+    """The JWS algorithms the gateway knows that this key (either half) can be used with,
+    the natural one first; () when none."""
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return RSA_ALGORITHMS
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        algorithm = EC_ALGORITHMS.get(key.curve.name)
+        return () if algorithm is None else (algorithm,)
+    return ("EdDSA",)
+
+
+def describe_key(key: AnyKey) -> str:
+    """``RSA 2048-bit``, ``EC P-256``, ``Ed25519``: for one-line messages."""
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return f"RSA {key.key_size}-bit"
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return f"EC {CURVE_NAMES.get(key.curve.name, key.curve.name)}"
+    return "Ed448" if isinstance(key, ed448.Ed448PrivateKey | ed448.Ed448PublicKey) else "Ed25519"
+
 
 # RFC 7638 §3.2: the thumbprint hashes only the required members of each key type.
 _THUMBPRINT_MEMBERS: Final[dict[str, tuple[str, ...]]] = {

@@ -13,12 +13,13 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from fastgw.auth.service import AuthService
 from fastgw.replies import ErrorReply, ReplyTable
 from fastgw.router import Router
 from fastgw.routing.balancer import WeightedRoundRobin
-from fastgw.stages.auth import Authenticate
 from fastgw.stages.forward import Forward
 from fastgw.stages.health import BackendView, DetailedHealth, Health, Ready
+from fastgw.stages.permissions import RequireGrants
 
 if TYPE_CHECKING:
     from fastgw.config import Config
@@ -54,6 +55,7 @@ class RoutePlan:
 class Plan:
     __slots__ = (
         "_bad_requests",
+        "auth",
         "backends",
         "common_headers",
         "forwarded_proto",
@@ -95,16 +97,13 @@ class Plan:
         self.strip_request_fields: frozenset[bytes] = frozenset()
         self.pools = pools
         self.backends = BackendView(pools)
+        self.auth = AuthService(config, self.replies)
         self.router = self._build_router(config)
 
     def _build_router(self, config: Config) -> Router[RoutePlan]:
         routing = config.gateway.routing
         weights = [instance.weight for instance in config.routing.metald_instances]
         balancer = WeightedRoundRobin(weights)
-        dev = config.gateway.authentication.development
-        authenticate = Authenticate(
-            dev.token_prefix.encode("ascii") if dev.enabled else None, self.replies
-        )
         exact: list[tuple[bytes, RoutePlan]] = [
             (b"/health", RoutePlan("health", HEALTH_METHODS, (Health(self.backends).on_request,))),
             (
@@ -121,7 +120,15 @@ class Plan:
             forward = Forward(balancer, self.pools, self.replies, timeout_s, routing.retry_attempts)
             steps: list[Step] = []
             if route.auth == "required":
-                steps.append(authenticate.on_request)
+                steps.append(self.auth.stage.on_request)
+                if route.permissions or route.features:
+                    grants = RequireGrants(
+                        frozenset(p.encode("ascii") for p in route.permissions),
+                        frozenset(f.encode("ascii") for f in route.features),
+                        self.replies,
+                        self.auth.counts,
+                    )
+                    steps.append(grants.on_request)
             steps.append(forward.on_request)
             methods = frozenset(m.encode("ascii") for m in route.methods) or None
             plan = RoutePlan(route.endpoint, methods, tuple(steps))

@@ -47,6 +47,7 @@ class GatewayServer:
         pools = make_pools(self._config, loop, ctx.read_buffer)
         ctx.plan = Plan(self._config, pools, self._workers)
         self._ctx = ctx
+        await ctx.plan.auth.start()
         server = self._config.gateway.server
         if sock is None:
             self._server = await loop.create_server(
@@ -100,6 +101,7 @@ class GatewayServer:
             self._server = None
         ctx = self._ctx
         if ctx is not None:
+            ctx.plan.auth.stop()
             for conn in list(ctx.connections):
                 if conn.transport is not None:
                     conn.transport.abort()

@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from typing import Final
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from fastgw.errors import FastgwError
-from fastgw.keys import PrivateKey, b64url, default_kid
+from fastgw.keys import PrivateKey, b64url, default_kid, describe_key, key_algorithms
 from fastgw.limits import CUSTOMER_ID_PATTERN
 
 # The lowest tier of the reference design's rate_limits.customer_tiers, and the default of
@@ -30,46 +29,22 @@ DEFAULT_TTL: Final = "1h"
 
 CUSTOMER_ID: Final = re.compile(CUSTOMER_ID_PATTERN)
 
-RSA_ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
-# Only the curves whose algorithm the gateway accepts (config JWT_ALGORITHMS has no ES512).
-_EC_ALGORITHMS: Final[dict[str, str]] = {"secp256r1": "ES256", "secp384r1": "ES384"}
-_CURVE_NAMES: Final[dict[str, str]] = {"secp256r1": "P-256", "secp384r1": "P-384"}
-
-
 class TokenError(FastgwError):
     """A token that cannot be minted as asked; the message is one line."""
 
 
-def _describe(key: PrivateKey) -> str:
-    if isinstance(key, rsa.RSAPrivateKey):
-        return f"RSA {key.key_size}-bit"
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return f"EC {_CURVE_NAMES.get(key.curve.name, key.curve.name)}"
-    return "Ed25519"
-
-
-def allowed_algorithms(key: PrivateKey) -> tuple[str, ...]:
-    """The JWS algorithms this key can sign with, the default first."""
-    if isinstance(key, rsa.RSAPrivateKey):
-        return RSA_ALGORITHMS
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        algorithm = _EC_ALGORITHMS.get(key.curve.name)
-        return () if algorithm is None else (algorithm,)
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return ("EdDSA",)
-    return ()
-
-
 def choose_algorithm(key: PrivateKey, requested: str | None = None) -> str:
     """``requested`` if the key can make it, else the key's natural algorithm; refuse a misfit."""
-    allowed = allowed_algorithms(key)
+    allowed = key_algorithms(key)
     if not allowed:
-        raise TokenError(f"an {_describe(key)} key has no algorithm the gateway accepts")
+        raise TokenError(f"an {describe_key(key)} key has no algorithm the gateway accepts")
     if requested is None:
         return allowed[0]
     if requested not in allowed:
         choices = allowed[0] if len(allowed) == 1 else f"one of {', '.join(allowed)}"
-        raise TokenError(f"--alg {requested} does not fit an {_describe(key)} key (use {choices})")
+        raise TokenError(
+            f"--alg {requested} does not fit an {describe_key(key)} key (use {choices})"
+        )
     return requested
 
 

@@ -14,6 +14,7 @@ import os
 import pytest
 
 from fastgw import _speedups
+from tests.support.redis_server import redis_clean, redis_server  # noqa: F401 (fixtures)
 
 
 def load_speedups_build(name: str) -> _speedups.Build:

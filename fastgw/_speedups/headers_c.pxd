@@ -17,6 +17,7 @@ cdef class RequestHead:
     cdef public bint chunked
     cdef public bint expect_continue
     cdef public object authorization
+    cdef public object cookie
     cdef public object request_id
     cdef public object traceparent
     cdef public object forwarded_for
@@ -36,9 +37,10 @@ cdef bytes _VALUE_TABLE
 cdef bytes _OWS
 cdef Py_ssize_t _MAX_CONTENT_LENGTH_DIGITS
 cdef object _HOST_RE
-cdef object _BEARER_RE
+cdef bytes _B64TOKEN_CHARS
+cdef frozenset _BEARER_PREFIXES
 cdef int _KEEP, _DROP, _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT
-cdef int _AUTHORIZATION, _REQUEST_ID, _TRACEPARENT, _FORWARDED_FOR
+cdef int _AUTHORIZATION, _REQUEST_ID, _TRACEPARENT, _FORWARDED_FOR, _COOKIE
 cdef dict _REQUEST_ROLES
 cdef dict _RESPONSE_ROLES
 cdef tuple _DROPPED_PREFIXES
@@ -46,6 +48,7 @@ cdef tuple _DROPPED_PREFIXES
 
 cpdef bytes lower_ascii(bytes name)
 
+@cython.locals(token=bytes)
 cpdef object extract_bearer(bytes value, Py_ssize_t max_len)
 
 @cython.locals(count=Py_ssize_t, i=Py_ssize_t, role=int, name=bytes, value=bytes, lname=bytes,

@@ -40,6 +40,9 @@ T = TypeVar("T")
 
 HTTP_TOKEN: Final = (r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", "an HTTP token")
 NAME: Final = (r"[A-Za-z0-9_.-]+", "a name of letters, digits, '_', '.', '-'")
+PERMISSION: Final = (
+    r"[A-Za-z0-9_.:*/-]{1,128}", "a permission name of letters, digits and '_.:*/-' (1-128)"
+)
 BEARER_CHARS: Final = (r"[A-Za-z0-9._~+/-]+", "bearer token characters [A-Za-z0-9._~+/-]")
 TOKEN_SOURCE: Final = (
     r"header|(?:query|cookie):[A-Za-z0-9_-]+",

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
-from fastgw.config.fields import HTTP_TOKEN, NAME, meta, required, seconds, section, setting
+from fastgw.config.fields import (
+    HTTP_TOKEN,
+    NAME,
+    PERMISSION,
+    meta,
+    required,
+    seconds,
+    section,
+    setting,
+)
 from fastgw.config.gateway import (
     JWT_ALGORITHMS,
     STRATEGIES,
@@ -238,10 +247,11 @@ class RouteConfig:
     path: str | None = setting(None, "Exact path (this or path_prefix).", kind="path")
     path_prefix: str | None = setting(None, "Path prefix (this or path).", kind="path")
     permissions: tuple[str, ...] = setting(
-        (), "Permissions a customer needs (all of them).", unique=True
+        (), "Permissions a customer needs (all of them).", unique=True, pattern=PERMISSION
     )
     features: tuple[str, ...] = setting(
-        (), "Feature flags a customer's token must grant (all of them).", unique=True
+        (), "Feature flags a customer's token must grant (all of them).", unique=True,
+        pattern=PERMISSION,
     )
     auth: str = setting("required", "'required' or 'none'.", choices=("required", "none"))
     timeout_s: float | None = seconds(

@@ -156,7 +156,12 @@ def _check_jwt(found: Findings, jwt: JwtConfig) -> None:
     if not hs:
         if secret is not None:
             found.add(f"{path}.hs_secret", "set, but algorithm allows no HS* algorithm")
+        _check_jwt_keys(found, jwt, path)
         return
+    if len(hs) > 1 and not public:
+        # One key, one algorithm (fastgw.auth.keyring): a secret verifies exactly one HS*.
+        found.add(f"{path}.algorithm", f"{', '.join(hs)}: an hs_secret verifies one HS* "
+                                       "algorithm; list one")
     need = max(_HS_MIN_SECRET_BYTES[alg] for alg in hs)
     if secret is None:
         found.add(f"{path}.hs_secret", f"required when algorithm includes {hs[0]}")
@@ -167,6 +172,32 @@ def _check_jwt(found: Findings, jwt: JwtConfig) -> None:
     if sources and not public:
         found.add(f"{path}.{sources[0]}", "key sources verify public-key algorithms, but "
                   "algorithm allows only HS* (which use hs_secret)")
+
+
+def _check_jwt_keys(found: Findings, jwt: JwtConfig, path: str) -> None:
+    """Load public_key_file / jwks_file the way the workers will (``fastgw.auth.keyring``), so
+    a key that cannot verify tokens is a config error rather than a boot error. The URL is not
+    fetched: check-config never touches the network, and the workers retry it anyway."""
+    # Imported here because fastgw.auth.refresh imports the config model this module is part of.
+    from fastgw.auth.keyring import KeyConfigError, ring_from_jwks, ring_from_pem
+    from fastgw.auth.refresh import read_key_file
+
+    for key in ("public_key_file", "jwks_file"):
+        file: str | None = getattr(jwt, key)
+        here = f"{path}.{key}"
+        if file is None or found.tainted(here):
+            continue
+        try:
+            data = read_key_file(file)
+            if key == "public_key_file":
+                ring_from_pem(data, jwt.algorithms, source=key)
+                continue
+            ring, warnings = ring_from_jwks(data, jwt.algorithms)
+        except KeyConfigError as error:
+            found.add(f"{path}.algorithm" if error.setting == "algorithm" else here, str(error))
+            continue
+        if not ring:
+            found.add(here, "no usable key: " + ("; ".join(warnings) or "the JWKS has no keys"))
 
 
 def _check_observability(found: Findings, gateway: GatewayConfig) -> None:
@@ -234,9 +265,10 @@ def _check_instances(found: Findings, routing: RoutingConfig) -> None:
 def _check_routes(found: Findings, routes: tuple[RouteConfig, ...]) -> None:
     by_path: dict[tuple[str, str], list[tuple[RouteConfig, str]]] = {}
     for route, here in zip(routes, found.paths_of("$.routes", len(routes)), strict=True):
-        if route.auth == "none" and route.permissions:
-            found.add(f"{here}.permissions", "needs auth: required (an anonymous request has no "
-                                             "permissions)")
+        for key in ("permissions", "features"):
+            if route.auth == "none" and getattr(route, key):
+                found.add(f"{here}.{key}", f"needs auth: required (an anonymous request has no "
+                                           f"{key})")
         if found.tainted(f"{here}.path", f"{here}.path_prefix"):
             continue
         if route.path is not None and route.path_prefix is not None:

@@ -191,7 +191,7 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
             HTTP11,
             head.forward_block,
             self._pool.host_header if head.host is None else b"",
-            ex.customer_headers,
+            b"" if ex.customer is None else ex.customer.headers,
         ]
         conn.add_forwarded_headers(parts, ex)
         if head.chunked:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastgw._speedups import Build
 
@@ -206,6 +209,7 @@ def test_defaults_with_no_fields(speedups: Build) -> None:
     assert head.chunked is False
     assert head.expect_continue is False
     assert head.authorization is None
+    assert head.cookie is None
     assert head.request_id is None
     assert head.traceparent is None
     assert head.forwarded_for is None
@@ -294,6 +298,51 @@ def test_first_request_id_and_traceparent_win(speedups: Build) -> None:
     )
     assert head.request_id == b"one"
     assert head.traceparent == b"tp-one"
+
+
+@pytest.mark.parametrize(
+    ("values", "cookie"),
+    [
+        ([b"a=1"], b"a=1"),
+        ([b""], b""),  # present but empty is not absent
+        ([b"a=1; b=2", b"c=3"], b"a=1; b=2; c=3"),
+        ([b"a=1", b"", b'b="x y"'], b'a=1; ; b="x y"'),  # bytes as sent, no parsing here
+    ],
+)
+def test_cookie_fields_are_read_joined_and_still_forwarded(
+    speedups: Build, values: list[bytes], cookie: bytes
+) -> None:
+    names = [b"Cookie", b"cookie", b"COOKIE"]
+    pairs = [(names[i % 3], value) for i, value in enumerate(values)]
+    head = scan(speedups, (b"Accept", b"*/*"), *pairs, (b"Via", b"1.1 p"))
+    assert head.cookie == cookie
+    assert (
+        head.forward_block
+        == b"Accept: */*\r\n"
+        + b"".join(name + b": " + value + b"\r\n" for name, value in pairs)
+        + b"Via: 1.1 p\r\n"
+    )
+
+
+def test_cookie_is_read_even_when_not_forwarded(speedups: Build) -> None:
+    # The strip set and a Connection option drop the field on the way out; it was still sent
+    # to the gateway, so the token sources see it.
+    head = scan(speedups, (b"Cookie", b"a=1"), strip=frozenset({b"cookie"}))
+    assert (head.cookie, head.forward_block) == (b"a=1", b"")
+    head = scan(speedups, (b"Cookie", b"a=1"), (b"Connection", b"cookie"))
+    assert (head.cookie, head.forward_block) == (b"a=1", b"")
+
+
+@pytest.mark.parametrize("name", [b"Cookie_", b"Cookies", b"Set-Cookie", b"Cookie2"])
+def test_cookie_lookalikes_are_plain_kept_fields(speedups: Build, name: bytes) -> None:
+    head = scan(speedups, (name, b"a=1"))
+    assert head.cookie is None
+    assert head.forward_block == name + b": a=1\r\n"
+
+
+@pytest.mark.parametrize("bad", [b"a=1\r\nX: y", b"a=\x00", b"a=\x7f"])
+def test_cookie_value_is_checked_like_any_value(speedups: Build, bad: bytes) -> None:
+    assert scan_error(speedups, flat((b"Cookie", bad))) == "invalid header value"
 
 
 def test_forwarded_for_fields_are_joined(speedups: Build) -> None:
@@ -515,3 +564,51 @@ def test_lower_ascii(speedups: Build, name: bytes, lowered: bytes) -> None:
 )
 def test_extract_bearer(speedups: Build, value: bytes, max_len: int, token: bytes | None) -> None:
     assert speedups.headers.extract_bearer(value, max_len) == token
+
+
+# The definition extract_bearer implements without a regex (RFC 6750 section 2.1 credentials).
+BEARER_SPEC = re.compile(rb"(?i:bearer)[ \t]+([A-Za-z0-9._~+/-]+=*)")
+
+
+def bearer_by_spec(value: bytes, max_len: int) -> bytes | None:
+    match = BEARER_SPEC.fullmatch(value)
+    if match is None or len(match.group(1)) > max_len:
+        return None
+    return match.group(1)
+
+
+bearer_inputs = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [b"Bearer", b"bEaReR", b"BEARE", b"bearer\xc5", b" ", b"\t", b"\x0b", b"=", b"=="]
+        ),
+        st.from_regex(rb"\A[A-Za-z0-9._~+/-]{0,12}\Z"),
+        st.binary(max_size=4),
+    ),
+    max_size=6,
+).map(b"".join)
+
+
+@given(value=bearer_inputs, max_len=st.integers(-1, 40))
+@settings(deadline=None, max_examples=500)
+def test_extract_bearer_matches_the_rfc_6750_regex(
+    speedups: Build, value: bytes, max_len: int
+) -> None:
+    assert speedups.headers.extract_bearer(value, max_len) == bearer_by_spec(value, max_len)
+
+
+@pytest.mark.parametrize("scheme", [b"Bearer", b"bearer", b"BEARER", b"bEARER", b"BeArEr"])
+@pytest.mark.parametrize("separator", [b" ", b"\t", b" \t ", b"\t\t"])
+def test_extract_bearer_scheme_in_any_case(
+    speedups: Build, scheme: bytes, separator: bytes
+) -> None:
+    assert speedups.headers.extract_bearer(scheme + separator + b"t0k.en==", 64) == b"t0k.en=="
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"Bearer=abc", b"Bearer\x0babc", b"Bearer\xa0abc", b"Bearerr abc", b"Beare abc",
+     b"Bearer\x00abc", b"Bearer =", b"Bearer =abc", b"Bearer a==b", b"Bearer ab%"],
+)  # fmt: skip
+def test_extract_bearer_refuses(speedups: Build, value: bytes) -> None:
+    assert speedups.headers.extract_bearer(value, 64) is None

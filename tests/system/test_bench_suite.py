@@ -57,7 +57,7 @@ def test_run_measures_fastgw_and_both_peers_and_skips_what_has_not_landed(
     assert results["kind"] == "run"
     skipped = results["scenarios"]["jwt-cached"]
     assert skipped["status"] == "skipped"
-    assert "JWT authentication" in skipped["reason"]
+    assert "in-process rate limits" in skipped["reason"]  # JWT landed; limits have not
     entry = results["scenarios"]["passthrough"]
     assert entry["status"] == "ran"
     assert set(entry["targets"]) == {"fastgw", "nginx", "haproxy"}

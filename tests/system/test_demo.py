@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import select
@@ -12,11 +13,17 @@ import time
 import urllib.error
 import urllib.request
 
+import jwt
 import orjson
 import pytest
 
+from fastgw.config.defaults import DEFAULT_METALD_ROUTES
+from fastgw.config.model import DEFAULT_TIERS
+
 STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
+DAY_S = 24 * 3600
+BEARER = re.compile(r"Authorization: Bearer ([A-Za-z0-9._~+/-]+=*)'")
 
 
 def _read_until(process: subprocess.Popen[bytes], pattern: str, timeout_s: float) -> list[str]:
@@ -65,6 +72,44 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _check_printed_tokens(lines: list[str]) -> None:
+    """The JWT lines: one per default tier, signed by the printed key, with the right claims;
+    then the over-limit loop with the free tier's token. Checked while the demo runs, because
+    the key lives in its temporary directory."""
+    text = "".join(lines)
+    key_path = re.search(r"verified with public key (/\S+\.pem)", text)
+    assert key_path, text
+    with open(key_path.group(1), "rb") as file:
+        public_pem = file.read()
+    commands = [line.strip() for line in lines if line.startswith("  ")]
+    for command in commands:  # every printed line is valid shell, pasteable alone
+        subprocess.run(["bash", "-n", "-c", command], check=True)
+    tokens: dict[str, str] = {}
+    for label, command in itertools.pairwise(commands):
+        labelled = re.fullmatch(r"# JWT, tier (\S+): customer (\S+)", label)
+        if labelled is None:
+            continue
+        tier, customer = labelled.groups()
+        bearer = BEARER.search(command)
+        assert command.startswith("curl ") and bearer, command
+        token = bearer.group(1)
+        assert jwt.get_unverified_header(token)["alg"] == "EdDSA"
+        claims = jwt.decode(token, public_pem, algorithms=["EdDSA"])
+        assert (claims["tier"], claims["customer_id"]) == (tier, customer)
+        assert customer == f"acme-{tier}"
+        assert claims["exp"] - claims["iat"] == DAY_S
+        needed = {name for route in DEFAULT_METALD_ROUTES for name in route.permissions}
+        assert needed <= set(claims["permissions"])
+        tokens[tier] = token
+    assert sorted(tokens) == sorted(DEFAULT_TIERS)
+    loop = [c for c in commands if c.startswith("for i in $(seq ")]
+    assert len(loop) == 1, commands
+    assert f"$(seq {2 * DEFAULT_TIERS['free'].effective_burst_size})" in loop[0]
+    assert BEARER.findall(loop[0]) == [tokens["free"]]
+    assert "-w '%{http_code}\\n'" in loop[0] and loop[0].endswith("done | sort | uniq -c")
+    assert any("Bearer dev_customer_123" in c for c in commands)
+
+
 @pytest.mark.timeout(60)
 def test_demo_serves_and_stops_on_ctrl_c() -> None:
     process = subprocess.Popen(
@@ -79,6 +124,7 @@ def test_demo_serves_and_stops_on_ctrl_c() -> None:
         base = re.search(r"fastgw listening on (http://\S+)", "".join(lines))
         assert base, lines
         url = base.group(1)
+        _check_printed_tokens(lines)
         with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
             assert orjson.loads(response.read())["status"] == "healthy"
         vm = f"{url}/vmprovisioner.v1.VmService"

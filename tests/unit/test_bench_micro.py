@@ -13,8 +13,8 @@ import math
 import pytest
 import uvloop
 
+import fastgw.auth.sources
 import fastgw.http.downstream
-import fastgw.stages.auth
 from bench.micro_chain import (
     CASES,
     CONFIG,
@@ -41,7 +41,7 @@ def test_every_request_of_a_case_gets_its_status(speedups: _speedups.Build, case
     def run() -> None:
         # The gateway's modules really run this build's kernels while the case runs.
         assert fastgw.http.downstream.scan_request_head is speedups.headers.scan_request_head
-        assert fastgw.stages.auth.extract_bearer is speedups.headers.extract_bearer
+        assert fastgw.auth.sources.extract_bearer is speedups.headers.extract_bearer
         harness = Harness(CONFIG)
         for _ in range(REQUESTS):
             check_case(harness, case)  # status, and forwarded to the backend or not
@@ -51,6 +51,9 @@ def test_every_request_of_a_case_gets_its_status(speedups: _speedups.Build, case
         if case.name == "get_dev_token":
             assert b"\r\nX-Customer-ID: 42\r\n" in forwarded
             assert b"Authorization: Bearer dev_customer_42\r\n" in forwarded
+        elif case.name == "get_jwt_cached":
+            assert b"\r\nX-Customer-ID: acme-42\r\nX-Customer-Tier: pro\r\n" in forwarded
+            assert b"X-Customer-Permissions: vm:read\r\n" in forwarded
         elif case.name == "post_small_body":
             assert forwarded.startswith(b"POST /echo/items HTTP/1.1\r\n")
             body = case.request.partition(b"\r\n\r\n")[2]

@@ -1,0 +1,128 @@
+"""The uncached path: a token becomes a customer context, or a TokenError.
+
+Order, and why: split the compact JWS (shape, strict base64url, header JSON) → find *our* key
+by ``kid`` (an unknown kid asks the key source for one rate-limited refetch, and this request
+is refused: keys are never fetched on a request's path) → the token's ``alg`` must be that
+key's one algorithm (RFC 8725 §3.1: the algorithm is ours, never the token's; HS/RS confusion
+and ``none`` die here) → signature → only now the payload JSON → registered claims →
+revocation → customer claims. Every failure, whatever raised it, is a TokenError: a 401,
+never a 5xx.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fastgw.auth import jws
+from fastgw.auth.claims import ClaimRules
+from fastgw.auth.context import CustomerContext, context_from_claims
+from fastgw.auth.errors import TokenError
+
+if TYPE_CHECKING:
+    from fastgw.auth.keyring import KeyRing
+    from fastgw.auth.revocation import RevocationList
+    from fastgw.config.gateway import ClaimNamesConfig, JwtConfig
+
+log = logging.getLogger("fastgw.auth")
+
+
+class Keys(Protocol):
+    """What the verifier needs from a key source (``refresh.KeySource``)."""
+
+    ring: KeyRing
+
+    def unknown_kid(self, kid: str | None) -> None: ...
+
+
+class Revocations(Protocol):
+    """What the verifier needs from the revocation mirror (``revocation.RevocationPoller``)."""
+
+    revoked: RevocationList
+
+
+class TokenVerifier:
+    """Full verification of one token; built once per worker from the JWT configuration."""
+
+    __slots__ = (
+        "_cache_ttl_s",
+        "_clock",
+        "_default_tier",
+        "_keys",
+        "_names",
+        "_revocations",
+        "_rules",
+        "_tiers",
+    )
+
+    def __init__(
+        self,
+        jwt: JwtConfig,
+        keys: Keys,
+        tiers: frozenset[str],
+        default_tier: str,
+        *,
+        revocations: Revocations | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = keys
+        self._rules = ClaimRules(
+            jwt.effective_required_claims, jwt.issuer, jwt.audience, jwt.leeway_s
+        )
+        self._names: ClaimNamesConfig = jwt.claims
+        self._tiers = tiers
+        self._default_tier = default_tier
+        self._revocations = revocations
+        self._cache_ttl_s = jwt.cache_ttl_s
+        self._clock = clock
+
+    def claims(self, token: bytes) -> dict[str, Any]:
+        """The verified claims of ``token`` (signature and registered claims checked)."""
+        return self._verified(token, self._clock())
+
+    def verify(self, token: bytes) -> CustomerContext:
+        """The customer context of ``token``; TokenError for any reason not to trust it."""
+        now = self._clock()
+        claims = self._verified(token, now)
+        # The context outlives neither the token nor cache_ttl (it is what the cache keeps).
+        valid_until = now + self._cache_ttl_s
+        exp = claims.get("exp")
+        if exp is not None and exp + self._rules.leeway_s < valid_until:
+            valid_until = exp + self._rules.leeway_s
+        try:
+            context = context_from_claims(
+                claims, self._names, self._tiers, self._default_tier, valid_until
+            )
+        except TokenError:
+            raise
+        except Exception:  # a claim shape no rule foresaw: refuse, and say so once in the log
+            log.exception("unexpected failure reading a verified token's claims")
+            raise TokenError("unreadable claims") from None
+        revocations = self._revocations
+        if revocations is not None and revocations.revoked.revoked(
+            context.jti, context.customer_id, context.iat
+        ):
+            raise TokenError("token revoked")
+        return context
+
+    def _verified(self, token: bytes, now: float) -> dict[str, Any]:
+        try:
+            parts = jws.split(token)
+            key = self._keys.ring.find(parts.kid)
+            if key is None:
+                self._keys.unknown_kid(parts.kid)
+                raise TokenError("no key for this kid")
+            if parts.alg != key.alg:
+                raise TokenError("algorithm is not the key's")
+            if not key.verify(parts.signing_input, parts.signature):
+                raise TokenError("bad signature")
+            claims = jws.payload(parts)
+            self._rules.check(claims, now)
+        except TokenError:
+            raise
+        except Exception:  # never a 5xx for a token, whatever broke
+            log.exception("unexpected failure verifying a token")
+            raise TokenError("unverifiable token") from None
+        return claims
