@@ -72,7 +72,7 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _check_printed_tokens(lines: list[str]) -> None:
+def _check_printed_tokens(lines: list[str]) -> dict[str, str]:
     """The JWT lines: one per default tier, signed by the printed key, with the right claims;
     then the over-limit loop with the free tier's token. Checked while the demo runs, because
     the key lives in its temporary directory."""
@@ -108,6 +108,7 @@ def _check_printed_tokens(lines: list[str]) -> None:
     assert BEARER.findall(loop[0]) == [tokens["free"]]
     assert "-w '%{http_code}\\n'" in loop[0] and loop[0].endswith("done | sort | uniq -c")
     assert any("Bearer dev_customer_123" in c for c in commands)
+    return tokens
 
 
 @pytest.mark.timeout(60)
@@ -124,12 +125,15 @@ def test_demo_serves_and_stops_on_ctrl_c() -> None:
         base = re.search(r"fastgw listening on (http://\S+)", "".join(lines))
         assert base, lines
         url = base.group(1)
-        _check_printed_tokens(lines)
+        tokens = _check_printed_tokens(lines)
         with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
             assert orjson.loads(response.read())["status"] == "healthy"
         vm = f"{url}/vmprovisioner.v1.VmService"
         status, created = _post(f"{vm}/CreateVm", "dev_customer_123", b'{"config": {}}')
         assert status == 200 and str(created["vmId"]).startswith("ud-")
+        for tier, token in tokens.items():  # the gateway accepts each printed JWT
+            status, listed = _post(f"{vm}/ListVms", token)
+            assert status == 200 and listed["vms"] == [], (tier, listed)
         status, unauthorized = _post(f"{vm}/ListVms", None)
         assert status == 401
         assert unauthorized["error"]["code"] == "unauthorized"  # type: ignore[index]
