@@ -86,7 +86,7 @@ def subject(algorithm: str) -> Subject:
     verifier = TokenVerifier(config, _Keys(ring), TIERS, "free")
     text = token.decode("ascii")
     options = {"require": list(config.effective_required_claims)}
-    parts = jws.split(token)
+    parts = jws.split(token, {})
     key = ring.find(parts.kid)
     assert key is not None
     return Subject(

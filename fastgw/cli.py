@@ -50,7 +50,7 @@ def duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastgw.revoke import customer_argument, jti_argument, time_argument
+    from fastgw.revoke import customer_argument, jti_argument, time_argument, token_argument
 
     parser = argparse.ArgumentParser(prog="fastgw", description="fastgw API gateway")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -95,17 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
         "revoke", help="revoke a token (jti) or a customer's tokens in Redis; list; forget"
     )
     revoke.add_argument("-c", "--config", required=True, metavar="FILE")
-    what = revoke.add_mutually_exclusive_group(required=True)
-    what.add_argument("--jti", type=jti_argument, metavar="ID", help="revoke one token")
+    # One of --jti, --token, --customer, --list is required; --token may go with a matching
+    # --jti, so that rule and the rest are checked in fastgw.revoke (exit 2 all the same).
+    what = revoke.add_mutually_exclusive_group()
+    what.add_argument(
+        "--jti", type=jti_argument, metavar="ID", help="revoke one token by its jti (see --until)"
+    )
     what.add_argument(
         "--customer", type=customer_argument, metavar="ID", help="revoke a customer's tokens"
     )
     what.add_argument("--list", action="store_true", help="print both lists")
     revoke.add_argument(
+        "--token",
+        type=token_argument,
+        metavar="JWT",
+        help="revoke this token (- reads it from stdin, keeping it out of ps and shell "
+        "history) until its exp: its jti and exp are read WITHOUT checking the signature, "
+        "only to identify the token",
+    )
+    revoke.add_argument(
         "--until",
         type=time_argument,
         metavar="TIME",
-        help="with --jti: the token's exp, unix seconds or a duration from now (default 24h)",
+        help="the token's exp, unix seconds or a duration from now: required with --jti "
+        "unless --token is given, and with a --token that has no exp",
     )
     revoke.add_argument(
         "--before",

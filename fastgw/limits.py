@@ -62,3 +62,12 @@ RESPAWN_BACKOFF_MAX_S: Final = 30.0
 # A customer id, whichever way it arrives (dev token, JWT claim, `fastgw token`): it becomes a
 # header value and a rate-limit key, so a short, plain charset.
 CUSTOMER_ID_PATTERN: Final = r"[A-Za-z0-9_.\-]{1,128}\Z"
+
+# Authentication bounds (docs/authentication.md).
+MAX_HEADER_SEGMENT_BYTES: Final = 1024
+"""Longest JOSE header segment read: real ones are under 300 bytes, and the header is parsed
+before the signature is checked, so its size is the attacker's to choose."""
+MAX_CACHED_HEADERS: Final = 64
+"""Decoded JOSE headers a worker keeps (one issuer has a few: one per kid and alg)."""
+MAX_DEV_CONTEXTS: Final = 10_000
+"""Development-token contexts a worker keeps (beyond that they are built per request)."""

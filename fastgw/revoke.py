@@ -7,6 +7,13 @@ status (0 done; 1 Redis unreachable or failing, one line on stderr; 2 bad argume
 TIME is unix seconds (``1767225600``, ``1767225600.5``), ``now``, or a duration from now
 (``24h``, ``90m``, ``1h30m``); a bare number is always unix seconds, never a duration.
 
+A jti entry lasts until the token's ``exp`` (plus the largest leeway), then the gateways drop
+it and the next write prunes it: kept any shorter, the token would be accepted again. So a jti
+is never revoked on a guessed exp: ``--jti ID --until TIME`` gives it, or ``--token JWT`` (the
+token itself, ``-`` for stdin) carries it. The token's payload is read WITHOUT checking its
+signature: jti and exp only identify the token to refuse, they grant nothing, and a forged
+token naming someone else's jti can only make the gateways refuse that token.
+
 Redis settings come from the config file's ``gateway.rate_limiting.redis``, whatever the rate
 limiting backend, because that is where gateways using the file look for the list.
 """
@@ -18,6 +25,7 @@ import math
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from fastgw.cli import duration
@@ -27,8 +35,10 @@ if TYPE_CHECKING:
     from fastgw.config import Config
     from fastgw.redis_connect import SyncClient
 
-DEFAULT_UNTIL: Final = "24h"
 _EPOCH: Final = re.compile(r"\d+(?:\.\d+)?")
+_LATEST_EXP: Final = 253402300799  # 9999-12-31T23:59:59Z, fastgw.auth.revocation's bound
+_MAX_NUMERIC_DATE: Final = 2**53  # the gateways refuse a larger exp (fastgw.auth.claims)
+MAX_TOKEN_CHARS: Final = 65536
 
 
 class RevokeUsageError(FastgwError):
@@ -69,6 +79,72 @@ def jti_argument(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error).removeprefix("--jti: ")) from None
 
 
+class TokenArg(NamedTuple):
+    """What ``--token`` identifies: its jti, and its exp (None: the token has no exp claim)."""
+
+    jti: str
+    exp: int | None
+
+
+def token_argument(text: str, read_stdin: Callable[[], bytes] | None = None) -> TokenArg:
+    """argparse type for --token: a compact JWT, or ``-`` to read one from stdin.
+
+    Only the payload is decoded and its signature is NOT checked (see the module docstring).
+    Errors never echo the token: it is a bearer credential.
+    """
+    if text == "-":
+        raw = (read_stdin or sys.stdin.buffer.read)()
+        source = "the token read from stdin"
+    else:
+        raw = text.encode("utf-8", "replace")
+        source = "the token"
+    return _token_claims(raw.strip(), source)
+
+
+def _token_claims(token: bytes, source: str) -> TokenArg:
+    from fastgw.auth.errors import TokenError
+    from fastgw.auth.jws import b64url_decode, json_object
+    from fastgw.auth.revocation import check_jti
+
+    if not token:
+        raise argparse.ArgumentTypeError(f"{source} is empty")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise argparse.ArgumentTypeError(f"{source} is over {MAX_TOKEN_CHARS} characters")
+    segments = token.split(b".")
+    if len(segments) != 3 or not all(segments):
+        raise argparse.ArgumentTypeError(
+            f"{source} is not a JWT (three non-empty base64url segments joined by '.')"
+        )
+    try:
+        claims = json_object(b64url_decode(segments[1]), "payload")
+    except TokenError as error:
+        raise argparse.ArgumentTypeError(f"{source} is not a JWT: {error.reason}") from None
+    jti = claims.get("jti")
+    if jti is None:
+        raise argparse.ArgumentTypeError(
+            f"{source} has no jti claim, so it cannot be revoked alone: "
+            "revoke its customer (--customer ID) instead"
+        )
+    if not isinstance(jti, str):
+        raise argparse.ArgumentTypeError(
+            f"{source} has a jti claim that is not a string (gateways refuse such a token)"
+        )
+    try:
+        check_jti(jti)
+    except FastgwError as error:
+        reason = str(error).removeprefix("--jti: ")
+        raise argparse.ArgumentTypeError(
+            f"{source}: its jti {reason}: revoke its customer (--customer ID) instead"
+        ) from None
+    exp = claims.get("exp")
+    if exp is not None and (type(exp) is not int or not 0 <= exp < _MAX_NUMERIC_DATE):
+        raise argparse.ArgumentTypeError(
+            f"{source} has an exp claim that is not an integer date (gateways refuse such a token)"
+        )
+    # Beyond 9999 the token never expires in practice: it is revoked as long as the list goes.
+    return TokenArg(jti, None if exp is None else min(exp, _LATEST_EXP))
+
+
 def customer_argument(text: str) -> str:
     """argparse type for --customer."""
     from fastgw.auth.revocation import check_customer_id
@@ -80,14 +156,49 @@ def customer_argument(text: str) -> str:
 
 
 def _check_combination(args: argparse.Namespace) -> None:
+    """Rules across options, checked before the config is read or Redis is reached."""
+    from fastgw.auth.revocation import JTI_KEEP_AFTER_EXP_S
+
+    token: TokenArg | None = args.token
+    if args.jti is None and token is None and args.customer is None and not args.list:
+        raise RevokeUsageError("revoke: one of --jti, --token, --customer or --list is required")
+    if token is not None and (args.customer is not None or args.list):
+        raise RevokeUsageError("revoke: --token goes with neither --customer nor --list")
     if args.list and (args.forget or args.until is not None or args.before is not None):
         raise RevokeUsageError("revoke: --list takes no --forget, --until or --before")
-    if args.until is not None and args.jti is None:
-        raise RevokeUsageError("revoke: --until (the token's exp) goes with --jti")
+    if args.until is not None and args.jti is None and token is None:
+        raise RevokeUsageError("revoke: --until (the token's exp) goes with --jti or --token")
     if args.before is not None and args.customer is None:
         raise RevokeUsageError("revoke: --before goes with --customer")
     if args.forget and (args.until is not None or args.before is not None):
         raise RevokeUsageError("revoke: --forget takes no --until or --before")
+    if token is not None and args.jti is not None and args.jti != token.jti:
+        raise RevokeUsageError(
+            f"revoke: --jti {args.jti!r} is not the token's jti ({token.jti!r}); "
+            "give one of them, or the matching pair"
+        )
+    if args.forget:
+        return
+    if args.jti is not None and token is None and args.until is None:
+        raise RevokeUsageError(
+            "revoke: --jti needs the token's exp: give --until TIME, or --token JWT to read it "
+            "from the token (kept any shorter, the token would be accepted again)"
+        )
+    if token is not None and token.exp is None and args.until is None:
+        raise RevokeUsageError(
+            "revoke: the token has no exp claim (it never expires): pass --until TIME, how "
+            "long to keep it revoked"
+        )
+    if token is not None and token.exp is not None:
+        if args.until is not None:
+            raise RevokeUsageError(
+                f"revoke: the token carries its exp ({_when(token.exp)}): drop --until"
+            )
+        if token.exp + JTI_KEEP_AFTER_EXP_S < time.time():
+            raise RevokeUsageError(
+                f"revoke: the token expired at {_when(token.exp)}: no gateway accepts it, "
+                "nothing to revoke"
+            )
 
 
 def _when(epoch: float) -> str:
@@ -155,20 +266,27 @@ def _act(args: argparse.Namespace, config: Config, client: SyncClient) -> int:
         "gateways with revocation enabled honour it within "
         f"{config.gateway.authentication.revocation.poll_interval_s:g}s"
     )
-    if args.jti is not None:
+    token: TokenArg | None = args.token
+    jti: str | None = token.jti if token is not None else args.jti
+    if jti is not None:
         if args.forget:
-            found = forget_jti(client, args.jti, now)
-            print(f"jti {args.jti!r} {'removed from' if found else 'was not in'} the list")
+            found = forget_jti(client, jti, now)
+            print(f"jti {jti!r} {'removed from' if found else 'was not in'} the list")
             return 0
-        until_arg = time_argument(DEFAULT_UNTIL) if args.until is None else args.until
-        exp = math.ceil(until_arg.resolve(now))
-        if exp < now and not until_arg.relative:
-            raise RevokeUsageError(
-                f"revoke: --until {until_arg.seconds:.15g} is in the past (a bare number is unix "
-                "seconds; a duration from now needs a unit, like 24h)"
-            )
-        revoke_jti(client, args.jti, exp, now)
-        print(f"revoked jti {args.jti!r} until {_when(exp)}; {honoured}")
+        if token is not None and token.exp is not None:
+            exp = token.exp
+            source = "the token's exp, "
+        else:
+            until_arg: TimeArg = args.until  # _check_combination: given when there is no exp
+            exp = math.ceil(until_arg.resolve(now))
+            if exp < now and not until_arg.relative:
+                raise RevokeUsageError(
+                    f"revoke: --until {until_arg.seconds:.15g} is in the past (a bare number is "
+                    "unix seconds; a duration from now needs a unit, like 24h)"
+                )
+            source = ""
+        revoke_jti(client, jti, exp, now)
+        print(f"revoked jti {jti!r} until {source}{_when(exp)}; {honoured}")
         return 0
     if args.forget:
         found = forget_customer(client, args.customer, now)

@@ -47,14 +47,20 @@ class GatewayServer:
         pools = make_pools(self._config, loop, ctx.read_buffer)
         ctx.plan = Plan(self._config, pools, self._workers)
         self._ctx = ctx
-        await ctx.plan.auth.start()
         server = self._config.gateway.server
-        if sock is None:
-            self._server = await loop.create_server(
-                lambda: DownstreamProtocol(ctx), server.host, server.port, backlog=2048
-            )
-        else:
-            self._server = await loop.create_server(lambda: DownstreamProtocol(ctx), sock=sock)
+        try:
+            await ctx.plan.auth.start()
+            if sock is None:
+                self._server = await loop.create_server(
+                    lambda: DownstreamProtocol(ctx), server.host, server.port, backlog=2048
+                )
+            else:
+                self._server = await loop.create_server(
+                    lambda: DownstreamProtocol(ctx), sock=sock
+                )
+        except BaseException:
+            await ctx.plan.auth.aclose()  # no background task outlives a failed start
+            raise
         self._schedule_reap()
 
     def _schedule_reap(self) -> None:
@@ -101,7 +107,7 @@ class GatewayServer:
             self._server = None
         ctx = self._ctx
         if ctx is not None:
-            ctx.plan.auth.stop()
+            await ctx.plan.auth.aclose()
             for conn in list(ctx.connections):
                 if conn.transport is not None:
                     conn.transport.abort()

@@ -28,6 +28,10 @@ _PERMISSION: Final = r"[A-Za-z0-9_.:*/\-]{1,128}"
 # One match checks a whole list joined by commas (one regex call instead of one per item).
 _PERMISSION_LIST: Final = re.compile(rf"{_PERMISSION}(?:,{_PERMISSION})*\Z")
 MAX_LIST_ITEMS: Final = 256
+# What development tokens say upstream: tier ``dev`` (reserved: no configured tier may take the
+# name) and permission ``*`` (no JWT may claim it), so a backend can always tell them apart.
+DEV_TIER: Final = "dev"
+EVERY_PERMISSION: Final = b"*"
 MAX_QUOTA_ITEMS: Final = 64
 
 
@@ -75,7 +79,7 @@ class CustomerContext:
         self.jti = jti
         self.iat = iat
         self.valid_until = valid_until
-        listed = b"*" if permissions is None else b",".join(permission_list)
+        listed = EVERY_PERMISSION if permissions is None else b",".join(permission_list)
         self.headers = b"".join(
             (
                 b"X-Customer-ID: ",
@@ -149,6 +153,8 @@ def _names(value: object, what: str) -> tuple[bytes, ...]:
     # One comma per join, or an item held one ("a,b" would read as two permissions upstream).
     if joined.count(",") != len(items) - 1 or _PERMISSION_LIST.match(joined) is None:
         raise TokenError(f"{what} holds an invalid name")
+    if "*" in items:  # the development tokens' "every permission": never from a JWT
+        raise TokenError(f"{what} holds the reserved name '*'")
     return tuple(dict.fromkeys(joined.encode("ascii").split(b",")))
 
 
@@ -178,6 +184,6 @@ def _quotas(value: object) -> Mapping[str, float] | None:
     return value
 
 
-def development_context(customer_id: bytes, tier: bytes) -> CustomerContext:
+def development_context(customer_id: bytes) -> CustomerContext:
     """A ``dev_customer_<id>`` token's context: every permission, the dev tier (no limits)."""
-    return CustomerContext(customer_id, tier, None, None)
+    return CustomerContext(customer_id, DEV_TIER.encode("ascii"), None, None)

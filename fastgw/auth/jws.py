@@ -24,6 +24,7 @@ from typing import Any, Final
 import orjson
 
 from fastgw.auth.errors import TokenError
+from fastgw.limits import MAX_CACHED_HEADERS, MAX_HEADER_SEGMENT_BYTES
 
 _ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
@@ -38,10 +39,9 @@ _CANONICAL_LAST: Final = (
     bytes(c for i, c in enumerate(_ALPHABET) if i % 4 == 0),
 )
 _REFUSED_HEADERS: Final = ("crit", "b64")
-# Header segments repeat (one issuer, a few kids): the decoded header of each one seen is kept,
-# bounded, so most tokens skip the header's base64 and JSON. A pure function of the bytes.
-_HEADERS: dict[bytes, tuple[dict[str, Any], str, str | None]] = {}
-MAX_CACHED_HEADERS: Final = 64
+
+# What a header segment says, once read: (alg, kid).
+Header = tuple[str, "str | None"]
 
 
 def _refuse_constant(name: str) -> None:
@@ -91,7 +91,7 @@ def json_object(raw: bytes, what: str) -> dict[str, Any]:
         value = orjson.loads(raw)
         if type(value) is dict and orjson.dumps(value) == raw:
             return value
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # dumps: too deep to re-encode
         pass
     try:
         value = _DECODER.decode(raw.decode("utf-8"))
@@ -105,11 +105,10 @@ def json_object(raw: bytes, what: str) -> dict[str, Any]:
 class Parts:
     """A token split into what the key lookup and the signature check need."""
 
-    __slots__ = ("alg", "header", "kid", "payload_segment", "signature", "signing_input")
+    __slots__ = ("alg", "kid", "payload_segment", "signature", "signing_input")
 
     def __init__(
         self,
-        header: dict[str, Any],
         *,
         alg: str,
         kid: str | None,
@@ -117,7 +116,6 @@ class Parts:
         payload_segment: bytes,
         signature: bytes,
     ) -> None:
-        self.header = header
         self.alg = alg
         self.kid = kid
         self.signing_input = signing_input
@@ -125,23 +123,26 @@ class Parts:
         self.signature = signature
 
 
-def split(token: bytes) -> Parts:
-    """Shape, header and signature of a compact JWS; the payload stays encoded (unverified)."""
+def split(token: bytes, headers: dict[bytes, Header]) -> Parts:
+    """Shape, header and signature of a compact JWS; the payload stays encoded (unverified).
+
+    ``headers`` remembers what each header segment said (the caller's, bounded): segments
+    repeat (one issuer, a few kids), so most tokens skip the header's base64 and JSON.
+    """
     if token.count(b".") != 2:
         raise TokenError("not three segments")
     header_segment, payload_segment, signature_segment = token.split(b".")
     if not header_segment or not payload_segment or not signature_segment:
         raise TokenError("empty segment")
-    known = _HEADERS.get(header_segment)
+    known = headers.get(header_segment)
     if known is None:
         known = _read_header(header_segment)
-        if len(_HEADERS) >= MAX_CACHED_HEADERS:
-            _HEADERS.clear()
-        _HEADERS[header_segment] = known
-    header, alg, kid = known
+        if len(headers) >= MAX_CACHED_HEADERS:
+            headers.clear()
+        headers[header_segment] = known
+    alg, kid = known
     signing_input = token[: len(header_segment) + 1 + len(payload_segment)]
     return Parts(
-        header,
         alg=alg,
         kid=kid,
         signing_input=signing_input,
@@ -150,7 +151,9 @@ def split(token: bytes) -> Parts:
     )
 
 
-def _read_header(segment: bytes) -> tuple[dict[str, Any], str, str | None]:
+def _read_header(segment: bytes) -> Header:
+    if len(segment) > MAX_HEADER_SEGMENT_BYTES:
+        raise TokenError("header too long")
     header = json_object(b64url_decode(segment), "header")
     alg = header.get("alg")
     if type(alg) is not str:
@@ -161,7 +164,7 @@ def _read_header(segment: bytes) -> tuple[dict[str, Any], str, str | None]:
     for name in _REFUSED_HEADERS:
         if name in header:
             raise TokenError("header uses an extension we refuse")
-    return header, alg, kid
+    return alg, kid
 
 
 def payload(parts: Parts) -> dict[str, Any]:

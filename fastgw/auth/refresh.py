@@ -1,10 +1,12 @@
 """Where the key ring comes from, and how it stays current (one ``KeySource`` per worker).
 
 A PEM file or an HMAC secret gives a ring at construction, once: there is nothing to refresh.
-A ``jwks_file`` is read at construction, then re-read in the background when its
-``(mtime_ns, size, inode)`` changed. A ``jwks_url`` is fetched by ``start()`` (bounded), then
-every ``key_refresh_interval_s``; until the first success it is retried every
-``min(interval, RETRY_INTERVAL_S)`` with an empty ring (every token fails: we have no key).
+A ``jwks_file`` is read at construction; the background task then stats it every
+``min(interval, FILE_POLL_S)`` and re-reads it only when its ``(mtime_ns, size, inode)`` changed
+(a withdrawn key stops verifying within about a second, not an interval; a stat is cheap). A
+``jwks_url`` is fetched by ``start()`` (bounded), then every ``key_refresh_interval_s``; until
+the first success it is retried every ``min(interval, RETRY_INTERVAL_S)`` with an empty ring
+(every token fails: we have no key).
 
 Invariants:
 
@@ -18,21 +20,33 @@ Invariants:
   only when the problem changes).
 - **The hot path never waits for I/O.** ``unknown_kid`` only wakes the background task, at
   most once per interval: a flood of tokens naming random kids costs one fetch per interval,
-  not one per token. (The flip side: such a flood spends that one fetch; a genuinely new key
-  is then found by the next periodic refresh. Issuers publish keys before signing with them.)
-- **Nothing is left pending.** One background task; ``stop()`` cancels it, ``aclose()``
-  also waits for it.
+  not one per token.
+- **Known limit of that bound.** A flood of unknown kids spends the one on-demand refetch of
+  the interval (the contract is "at most one refetch per interval"), so a key that an issuer
+  starts signing with before publishing it is found by the next periodic refresh at worst.
+  What we do cheaply: a kid that a demand refetch looked for and did not find is remembered
+  (at most ``MAX_ABSENT_KIDS``, oldest dropped first) and never demands a refetch again, so
+  one bogus kid repeated cannot spend the on-demand refetch of every interval. Each
+  successful refetch forgets the remembered kids that the new ring has (a ring hit comes
+  first anyway); the others stay absent from what the issuer serves.
+- **Every fetch has one deadline.** ``fetch_jwks`` gives up ``FETCH_DEADLINE_S`` after it
+  began, however slowly the bytes trickle in (each socket wait is at most what is left), so its
+  executor thread ends by itself; the loop side stops waiting at the same deadline.
+- **Nothing is left pending.** One background task; ``stop()`` cancels it; ``aclose()`` also
+  waits for it and for any executor job still running (a fetch ends by its deadline), so
+  ``asyncio.Runner.close`` never waits on a stuck thread of ours.
 
-Fetching uses ``urllib.request`` in the loop's default executor, with a timeout, a size cap,
-and no redirect from https to anything else (a downgrade would let a network attacker serve
-keys).
+Fetching uses ``urllib.request`` in the loop's default executor, with a per-operation timeout,
+the overall deadline, a size cap, and no redirect from https to anything else (a downgrade would
+let a network attacker serve keys). The deadline is enforced on the response's reads and on
+connect; a TLS handshake is bounded per operation only (urllib gives no hook inside it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
+import functools
 import logging
 import math
 import os
@@ -41,8 +55,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from typing import IO, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from fastgw.auth.fetch import FETCH_DEADLINE_S, fetch_jwks, late_message
 from fastgw.auth.keyring import (
     EMPTY_RING,
     HS_ALGORITHMS,
@@ -55,27 +70,36 @@ from fastgw.auth.keyring import (
 )
 from fastgw.config.gateway import JwtConfig
 
+if TYPE_CHECKING:
+    pass
+
 log = logging.getLogger("fastgw.auth.keys")
 
 START_TIMEOUT_S: Final = 5.0
 """How long ``start()`` waits for the first JWKS fetch before serving with no key."""
-FETCH_TIMEOUT_S: Final = 5.0
-"""Socket timeout of one JWKS fetch (connect, and each read)."""
 RETRY_INTERVAL_S: Final = 5.0
 """Longest wait between fetches while no JWKS fetch has succeeded yet."""
+FILE_POLL_S: Final = 1.0
+"""Longest wait between two stats of a ``jwks_file``."""
+MAX_ABSENT_KIDS: Final = 256
+"""Kids remembered as not found by a demand refetch (each one demands no refetch again)."""
 
 Stamp = tuple[int, int, int]
+_T = TypeVar("_T")
 
 
 class KeySource:
     """The verification keys of one worker; ``ring`` is what the hot path reads."""
 
     __slots__ = (
+        "_absent",
         "_algorithms",
+        "_asked",
         "_clock",
         "_demand_at",
         "_file",
         "_interval_s",
+        "_jobs",
         "_loaded",
         "_on_change",
         "_problem",
@@ -108,6 +132,9 @@ class KeySource:
         self._warnings: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._jobs: set[asyncio.Future[Any]] = set()  # executor jobs not finished yet
+        self._asked: set[str | None] = set()  # kids that demanded the refetch under way
+        self._absent: dict[str | None, None] = {}  # not found by a demand refetch; oldest first
         hs = [alg for alg in jwt.algorithms if alg in HS_ALGORITHMS]
         if hs:
             if len(hs) != len(jwt.algorithms):
@@ -166,23 +193,29 @@ class KeySource:
         self._wake = None
 
     async def aclose(self) -> None:
-        """``stop()``, then wait until the background task has finished."""
+        """``stop()``, then wait until the background task and its executor jobs have finished.
+
+        Bounded: a fetch ends by its deadline (``FETCH_DEADLINE_S``), a file read is local.
+        """
         task = self._task
         self.stop()
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        while self._jobs:  # a job whose waiter was cancelled still runs in its thread
+            await asyncio.wait(set(self._jobs))
 
     def unknown_kid(self, kid: str | None) -> None:
         """A token named a key we lack: refetch soon, at most once per refresh interval."""
-        # HOT PATH (per token with an unknown kid): a comparison and at most one Event.set.
+        # HOT PATH (per token with an unknown kid): lookups and at most one Event.set.
         wake = self._wake
-        if wake is None or (kid is not None and kid in self.ring.kids):
+        if wake is None or (kid is not None and kid in self.ring.kids) or kid in self._absent:
             return
         now = self._clock()
         if now < self._demand_at:
             return
         self._demand_at = now + self._interval_s
+        self._asked.add(kid)  # at most one per interval; settled by the next fetch's outcome
         wake.set()
 
     # ---------------------------------------------------------------------- background
@@ -191,7 +224,12 @@ class KeySource:
         wake = self._wake
         assert wake is not None
         while True:
-            delay = self._interval_s if self._loaded else min(self._interval_s, RETRY_INTERVAL_S)
+            if self._file is not None:
+                delay = min(self._interval_s, FILE_POLL_S)  # a stat; re-read only on change
+            elif self._loaded:
+                delay = self._interval_s
+            else:
+                delay = min(self._interval_s, RETRY_INTERVAL_S)
             demanded = False
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -201,30 +239,64 @@ class KeySource:
 
     async def _refresh(self, *, force: bool) -> None:
         """One fetch or re-read; ``force``: re-read a file even if its stamp is unchanged."""
-        loop = asyncio.get_running_loop()
         try:
             if self._url is not None:
-                url = self._url
-                ring, warnings = await loop.run_in_executor(
-                    None, _fetch_ring, url, self._algorithms
-                )
-                stamp = None
+                deadline = time.monotonic() + FETCH_DEADLINE_S  # shared by thread and loop
+                fetch = functools.partial(_fetch_ring, self._url, self._algorithms, deadline)
+                ring, warnings = await self._off_loop(fetch, deadline - time.monotonic())
             else:
                 assert self._file is not None
                 stamp = _stamp(self._file)
                 if stamp == self._stamp and not force:
                     return
-                ring, warnings = await loop.run_in_executor(
-                    None, _read_ring, self._file, self._algorithms
-                )
+                data = await self._off_loop(functools.partial(read_key_file, self._file))
+                self._stamp = stamp  # read: a bad document is not read again until it changes
+                parse = functools.partial(ring_from_jwks, data, self._algorithms)
+                ring, warnings = await self._off_loop(parse)
         except (OSError, KeyConfigError) as error:
+            self._asked.clear()  # nothing learned about them; they may demand again
             self._report(str(error) if isinstance(error, KeyConfigError) else _oserror(error))
             return
+        self._settle_asked(ring)
         if not ring:
             self._report(f"no usable key: {'; '.join(warnings)}")
             return
-        self._stamp = stamp
         self._install(ring, warnings, notify=True)
+
+    async def _off_loop(self, call: Callable[[], _T], wait_s: float | None = None) -> _T:
+        """``call()`` in the default executor, waited for at most ``wait_s``.
+
+        The job is shielded, and tracked until it finishes, because a cancelled or timed-out
+        wait does not stop its thread: ``aclose()`` waits for what is still running.
+        """
+        job = asyncio.get_running_loop().run_in_executor(None, call)
+        self._jobs.add(job)
+        job.add_done_callback(self._on_job_done)
+        try:
+            async with asyncio.timeout(wait_s):
+                return await asyncio.shield(job)
+        except TimeoutError:
+            # The loop's side of the deadline: the thread gives up at the same moment.
+            raise KeyConfigError(late_message()) from None
+
+    def _on_job_done(self, job: asyncio.Future[Any]) -> None:
+        self._jobs.discard(job)
+        if not job.cancelled():
+            job.exception()  # retrieved: a job nobody awaits any more logs nothing at exit
+
+    def _settle_asked(self, ring: KeyRing) -> None:
+        """After a successful refetch: remember the demanding kids it did not find."""
+        kids = ring.kids
+        absent = self._absent
+        for published in [kid for kid in absent if kid in kids]:
+            del absent[published]  # a ring hit now, and may demand again once withdrawn
+        for asked in self._asked:
+            if asked is None or asked not in kids:
+                absent.pop(asked, None)
+                absent[asked] = None
+                if len(absent) > MAX_ABSENT_KIDS:
+                    del absent[next(iter(absent))]  # oldest first
+        self._asked.clear()
 
     def _install(self, ring: KeyRing, warnings: list[str], *, notify: bool) -> None:
         if warnings != self._warnings:
@@ -292,60 +364,6 @@ def _named(ring: KeyRing) -> list[str]:
     return [f"{key.kid or '-'} ({key.alg})" for key in ring.keys]
 
 
-def _read_ring(path: str, algorithms: Sequence[str]) -> tuple[KeyRing, list[str]]:
-    """Executor side of a file refresh: read and parse, off the event loop."""
-    return ring_from_jwks(read_key_file(path), algorithms)
-
-
-def _fetch_ring(url: str, algorithms: Sequence[str]) -> tuple[KeyRing, list[str]]:
+def _fetch_ring(url: str, algorithms: Sequence[str], deadline: float) -> tuple[KeyRing, list[str]]:
     """Executor side of a URL refresh: fetch and parse, off the event loop."""
-    return ring_from_jwks(fetch_jwks(url), algorithms)
-
-
-class _NoDowngradeRedirect(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to http(s), and never from https to plain http."""
-
-    def redirect_request(  # noqa: PLR0917 (urllib's signature)
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: http.client.HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        old = urllib.parse.urlsplit(req.full_url).scheme
-        new = urllib.parse.urlsplit(newurl).scheme
-        if new != "https" and (old == "https" or new != "http"):
-            return None  # urllib then raises HTTPError with the 3xx status
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_OPENER: Final = urllib.request.build_opener(_NoDowngradeRedirect())
-
-
-def fetch_jwks(url: str) -> bytes:
-    """GET a JWKS document: 200 and at most ``MAX_KEY_DOCUMENT_BYTES``, else KeyConfigError.
-
-    Blocking; runs in an executor thread.
-    """
-    request = urllib.request.Request(
-        url,
-        headers={"Accept": "application/jwk-set+json, application/json", "User-Agent": "fastgw"},
-    )
-    try:
-        with _OPENER.open(request, timeout=FETCH_TIMEOUT_S) as response:
-            status: int = response.status
-            body: bytes = response.read(MAX_KEY_DOCUMENT_BYTES + 1) if status == 200 else b""
-    except urllib.error.HTTPError as error:
-        error.close()  # it holds the response; an unclosed one warns at garbage collection
-        raise KeyConfigError(f"HTTP {error.code}") from None
-    except urllib.error.URLError as error:
-        raise KeyConfigError(f"cannot fetch: {error.reason}") from None
-    except (OSError, http.client.HTTPException, ValueError) as error:
-        raise KeyConfigError(f"cannot fetch: {error or type(error).__name__}") from None
-    if status != 200:
-        raise KeyConfigError(f"HTTP {status}")
-    if len(body) > MAX_KEY_DOCUMENT_BYTES:
-        raise KeyConfigError(f"larger than {MAX_KEY_DOCUMENT_BYTES} bytes")
-    return body
+    return ring_from_jwks(fetch_jwks(url, deadline), algorithms)

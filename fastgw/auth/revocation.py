@@ -19,11 +19,11 @@ gateway may grant on ``exp``), so the jti hash holds only tokens that could stil
 Customer entries stay until ``fastgw revoke --customer ID --forget``.
 
 Propagation: each worker's ``RevocationPoller`` reads the version every ``poll_interval_s``
-(0.05..1 s, config). A tick starts at most ``poll_interval_s`` after the previous one started
+(0.05..0.9 s, config). A tick starts at most ``poll_interval_s`` after the previous one started
 (unless a tick itself was slow), so a write that returned at time T is seen by the GET of the
 next tick, and every worker honours it by T + ``poll_interval_s`` + one refetch round trip:
-about 0.5 s at the default, one second (plus that round trip) at the largest interval. The
-caller's ``on_change`` purges cached tokens in the same step, so no cache extends that. While
+about 0.5 s at the default, under one second at the largest interval. The auth stage checks
+this list on verified-token cache hits as well as misses, so no cache extends that. While
 Redis is unreachable a worker keeps the last list it loaded (nothing can be honoured before it
 is seen); a worker that booted without Redis starts empty and loads as soon as Redis answers.
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fastgw.auth.cache import TokenCache
-from fastgw.auth.context import CustomerContext
 from fastgw.auth.refresh import KeySource
 from fastgw.auth.revocation import RevocationPoller
 from fastgw.auth.sources import token_reader
@@ -20,8 +19,6 @@ from fastgw.auth.verifier import TokenVerifier
 from fastgw.stages.auth import AuthCounts, Authenticate
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from fastgw.config import Config
     from fastgw.replies import ReplyTable
 
@@ -39,9 +36,7 @@ class AuthService:
         self.keys = KeySource(jwt, on_change=self.cache.clear) if has_keys else None
         self.revocations = (
             RevocationPoller(
-                config.gateway.rate_limiting.redis,
-                auth.revocation.poll_interval_s,
-                self._revoked,
+                config.gateway.rate_limiting.redis, auth.revocation.poll_interval_s
             )
             if auth.revocation.enabled
             else None
@@ -63,6 +58,7 @@ class AuthService:
             dev.token_prefix.encode("ascii") if dev.enabled else None,
             cache=self.cache,
             verifier=self.verifier,
+            revocations=self.revocations,
             replies=replies,
             counts=self.counts,
         )
@@ -73,19 +69,9 @@ class AuthService:
         if self.revocations is not None:
             await self.revocations.start()
 
-    def stop(self) -> None:
+    async def aclose(self) -> None:
+        """Stop the background parts and wait until they have (tasks done, clients closed)."""
         if self.keys is not None:
-            self.keys.stop()
+            await self.keys.aclose()
         if self.revocations is not None:
-            self.revocations.stop()
-
-    def _revoked(self, jtis: frozenset[str], customers: Mapping[bytes, float]) -> None:
-        """Drop the cached tokens a new revocation covers (the uncached path checks the list)."""
-
-        def covered(context: CustomerContext) -> bool:
-            if context.jti is not None and context.jti in jtis:
-                return True
-            not_before = customers.get(context.customer_id)
-            return not_before is not None and (context.iat is None or context.iat < not_before)
-
-        self.cache.purge(covered)
+            await self.revocations.wait_stopped()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from fastgw.auth import jws
 from fastgw.auth.claims import ClaimRules
@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from fastgw.config.gateway import ClaimNamesConfig, JwtConfig
 
 log = logging.getLogger("fastgw.auth")
+
+UNEXPECTED_LOG_INTERVAL_S: Final = 10.0
+"""At most one traceback per interval for tokens that broke something no check foresaw: the
+token is the client's to choose, so an unbounded log would be the client's to fill."""
 
 
 class Keys(Protocol):
@@ -50,7 +54,9 @@ class TokenVerifier:
         "_cache_ttl_s",
         "_clock",
         "_default_tier",
+        "_headers",
         "_keys",
+        "_logged_at",
         "_names",
         "_revocations",
         "_rules",
@@ -77,6 +83,8 @@ class TokenVerifier:
         self._revocations = revocations
         self._cache_ttl_s = jwt.cache_ttl_s
         self._clock = clock
+        self._headers: dict[bytes, jws.Header] = {}
+        self._logged_at = -UNEXPECTED_LOG_INTERVAL_S
 
     def claims(self, token: bytes) -> dict[str, Any]:
         """The verified claims of ``token`` (signature and registered claims checked)."""
@@ -97,8 +105,8 @@ class TokenVerifier:
             )
         except TokenError:
             raise
-        except Exception:  # a claim shape no rule foresaw: refuse, and say so once in the log
-            log.exception("unexpected failure reading a verified token's claims")
+        except Exception:  # a claim shape no rule foresaw: refuse, and say so in the log
+            self._log_unexpected("reading a verified token's claims")
             raise TokenError("unreadable claims") from None
         revocations = self._revocations
         if revocations is not None and revocations.revoked.revoked(
@@ -109,7 +117,7 @@ class TokenVerifier:
 
     def _verified(self, token: bytes, now: float) -> dict[str, Any]:
         try:
-            parts = jws.split(token)
+            parts = jws.split(token, self._headers)
             key = self._keys.ring.find(parts.kid)
             if key is None:
                 self._keys.unknown_kid(parts.kid)
@@ -123,6 +131,13 @@ class TokenVerifier:
         except TokenError:
             raise
         except Exception:  # never a 5xx for a token, whatever broke
-            log.exception("unexpected failure verifying a token")
+            self._log_unexpected("verifying a token")
             raise TokenError("unverifiable token") from None
         return claims
+
+    def _log_unexpected(self, doing: str) -> None:
+        now = time.monotonic()
+        if now - self._logged_at >= UNEXPECTED_LOG_INTERVAL_S:
+            self._logged_at = now
+            log.exception("unexpected failure %s (401; logged at most every %.0fs)",
+                          doing, UNEXPECTED_LOG_INTERVAL_S)

@@ -177,14 +177,15 @@ class JwtConfig:
     )
     key_refresh_interval_s: float = seconds(
         300.0,
-        "How often jwks_url is refetched (and jwks_file re-read when it changed); an unknown "
+        "How often jwks_url is refetched (jwks_file is checked every second); an unknown "
         "kid refetches at most once per interval.",
         "refresh_interval",
         positive=True,
     )
     cache_max_entries: int = setting(
-        100_000,
-        "Verified tokens kept per worker (least recently used evicted first); 0: no cache.",
+        10_000,
+        "Verified tokens kept per worker (least recently used evicted first; ~1.2 KB "
+        "each); 0: no cache.",
         key="cache_size",
         range=(0, 10_000_000),
     )
@@ -245,7 +246,8 @@ class AuthenticationConfig:
     )
     token_sources: tuple[str, ...] = setting(
         ("header",),
-        "Where the token is looked for, in order: header (Bearer), query:<name>, cookie:<name>.",
+        "Where the token may be: header (Bearer), query:<name>, cookie:<name>; a request "
+        "carrying it in two of them is refused.",
         pattern=TOKEN_SOURCE,
         min_items=1,
         unique=True,

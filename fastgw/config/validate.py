@@ -24,6 +24,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Final
 
+from fastgw.auth.context import DEV_TIER
 from fastgw.config.model import (
     GatewayConfig,
     GatewayRoutingConfig,
@@ -294,6 +295,9 @@ def _check_rate_limits(
 ) -> None:
     path = "$.rate_limits"
     tiers = list(limits.customer_tiers)
+    if DEV_TIER in limits.customer_tiers:
+        found.add(join(f"{path}.customer_tiers", DEV_TIER), "the tier name 'dev' is reserved for "
+                  "development tokens (X-Customer-Tier: dev tells a backend it is one)")
     unknown_tier = limits.default_tier not in limits.customer_tiers
     tiers_known = not found.partial(f"{path}.customer_tiers")
     if unknown_tier and tiers_known and not found.tainted(f"{path}.default_tier"):

@@ -3,10 +3,10 @@
 The stage decides in this order, cheapest first: read the token from the configured sources
 (none: ``missing``; present but malformed: ``invalid``) → a development token when they are
 enabled (``dev_customer_<id>``: that customer, every permission, the dev tier) → the
-verified-token cache (``cached``) → full verification (``ok``, or ``invalid``/``expired``).
-Every refusal is the same pre-encoded 401 with ``WWW-Authenticate: Bearer
-error="invalid_token"`` and the connection stays usable. On a cache hit this stage allocates
-nothing and awaits nothing.
+verified-token cache (``cached``; a revoked token is refused on a hit too) → full verification
+(``ok``, or ``invalid``/``expired``). Every refusal is the same pre-encoded 401 with
+``WWW-Authenticate: Bearer error="invalid_token"`` and the connection stays usable. A cache
+hit awaits nothing and allocates only what reading the token and the clock take.
 """
 
 from __future__ import annotations
@@ -18,19 +18,17 @@ from typing import TYPE_CHECKING, Final
 
 from fastgw.auth.context import CustomerContext, development_context
 from fastgw.auth.errors import TokenError
-from fastgw.limits import CUSTOMER_ID_PATTERN
+from fastgw.limits import CUSTOMER_ID_PATTERN, MAX_DEV_CONTEXTS
 from fastgw.pipeline import CONTINUE, RESPOND
 
 if TYPE_CHECKING:
     from fastgw.auth.cache import TokenCache
     from fastgw.auth.sources import TokenReader
-    from fastgw.auth.verifier import TokenVerifier
+    from fastgw.auth.verifier import Revocations, TokenVerifier
     from fastgw.exchange import Exchange
     from fastgw.replies import ReplyTable
 
 _CUSTOMER_ID: Final = re.compile(CUSTOMER_ID_PATTERN.encode("ascii"))
-DEV_TIER: Final = b"dev"
-MAX_DEV_CONTEXTS: Final = 10_000  # development tokens remembered per worker
 
 
 class AuthCounts:
@@ -59,6 +57,7 @@ class Authenticate:
         "_dev_prefix",
         "_read",
         "_replies",
+        "_revocations",
         "_verifier",
         "counts",
     )
@@ -70,6 +69,7 @@ class Authenticate:
         *,
         cache: TokenCache,
         verifier: TokenVerifier | None,
+        revocations: Revocations | None = None,
         replies: ReplyTable,
         counts: AuthCounts,
         clock: Callable[[], float] = time.time,
@@ -79,6 +79,7 @@ class Authenticate:
         self._dev: dict[bytes, CustomerContext] = {}
         self._cache = cache
         self._verifier = verifier
+        self._revocations = revocations
         self._replies = replies
         self.counts = counts
         self._clock = clock
@@ -98,6 +99,13 @@ class Authenticate:
             return self._development(ex, token, prefix)
         context = self._cache.get(token, self._clock())
         if context is not None:
+            revocations = self._revocations
+            if revocations is not None:
+                listed = revocations.revoked  # replaced whole by the poller: read it once
+                if not listed.empty and listed.revoked(
+                    context.jti, context.customer_id, context.iat
+                ):
+                    return self._refuse(ex, "invalid")
             self.counts.cached += 1
             ex.customer = context
             return CONTINUE
@@ -119,7 +127,7 @@ class Authenticate:
             customer = token[len(prefix) :]
             if _CUSTOMER_ID.match(customer) is None:
                 return self._refuse(ex, "invalid")
-            context = development_context(customer, DEV_TIER)
+            context = development_context(customer)
             if len(self._dev) < MAX_DEV_CONTEXTS:
                 self._dev[token] = context
         self.counts.dev += 1

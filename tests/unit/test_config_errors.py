@@ -204,6 +204,12 @@ CASES: list[tuple[str, object, list[str]]] = [
      ["$.gateway.rate_limiting.redis.db: expected integer 0..15, got 16"]),
     ("secret not shown", gw(rate_limiting={"redis": {"password": 123456}}),
      ["$.gateway.rate_limiting.redis.password: expected string, got <hidden>"]),
+    ("tier named dev",
+     {"routing": ROUTING, "rate_limits": {"customer_tiers": {
+         "free": {"requests_per_second": 1, "burst_size": 1},
+         "dev": {"requests_per_second": 1, "burst_size": 1}}}},
+     ["$.rate_limits.customer_tiers.dev: the tier name 'dev' is reserved for development tokens"
+      " (X-Customer-Tier: dev tells a backend it is one)"]),
     ("default tier", {"routing": ROUTING, "rate_limits": {"default_tier": "fre"}},
      ["$.rate_limits.default_tier: 'fre' is not in $.rate_limits.customer_tiers "
       "(did you mean 'free'?)"]),

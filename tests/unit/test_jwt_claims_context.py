@@ -142,6 +142,9 @@ def test_permissions_list_or_space_separated(value: object, expected: tuple[byte
         True,
         ["p" * 129],
         [f"p{i}" for i in range(MAX_LIST_ITEMS + 1)],
+        ["*"],  # development tokens' "every permission": a backend must tell them apart
+        ["vm:read", "*"],
+        "vm:read *",
     ],
 )
 def test_permissions_refused(value: object) -> None:
@@ -217,7 +220,7 @@ def test_header_block_bytes_exactly() -> None:
 
 
 def test_development_context_holds_everything() -> None:
-    ctx = development_context(b"123", b"dev")
+    ctx = development_context(b"123")
     assert ctx.permissions is None
     assert ctx.features is None
     assert ctx.headers == (

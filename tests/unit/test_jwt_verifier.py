@@ -462,3 +462,45 @@ def test_configured_required_claim_present_as_null_is_missing() -> None:
     assert verifier.claims(m.valid(tenant="t-1"))["tenant"] == "t-1"
     with pytest.raises(TokenError):
         verifier.verify(token)
+
+
+def _b64(raw: bytes) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        # Past orjson's re-encoding depth (255) but within its parsing depth: the fast path's
+        # dumps() refuses it, and the C scanner must decide instead of a traceback.
+        b'{"alg":"RS256","x":' + b"[" * 300 + b"]" * 300 + b"}",
+        # Longer than any real header: refused before any base64 or JSON work.
+        b'{"alg":"RS256","x":"' + b"a" * 2000 + b'"}',
+    ],
+    ids=["deep-inside-object", "oversized"],
+)
+def test_hostile_headers_are_plain_refusals_without_a_logged_traceback(
+    header: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    verifier = make_verifier(pem_keys(material()))
+    token = _b64(header) + b"." + _b64(b'{"customer_id":"c"}') + b"." + _b64(b"sig")
+    with caplog.at_level(logging.ERROR), pytest.raises(TokenError):
+        verifier.verify(token)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_unexpected_failures_log_one_traceback_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(data: bytes, signature: bytes) -> bool:
+        raise RuntimeError("a key that breaks")
+
+    keys = StubKeys(KeyRing([(VerifyKey(None, "RS256", broken), b"k")], any_kid=True))
+    verifier = make_verifier(keys)
+    with caplog.at_level(logging.ERROR):
+        for _ in range(5):
+            with pytest.raises(TokenError):
+                verifier.verify(material().valid())
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import re
+import threading
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, ParamSpec
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from fastgw.auth import refresh
+from fastgw.auth import fetch, refresh
 from fastgw.auth.keyring import MAX_KEY_DOCUMENT_BYTES, KeyConfigError, KeyRing
 from fastgw.auth.refresh import KeySource, fetch_jwks
 from fastgw.config.gateway import JwtConfig
@@ -177,6 +179,56 @@ async def test_unknown_kid_refetches_once_per_interval() -> None:
 
 
 @on_loop
+async def test_a_kid_a_demand_refetch_did_not_find_never_demands_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(refresh, "MAX_ABSENT_KIDS", 2)
+    now = [1000.0]
+    with JwksServer(jwks("a")) as server:
+        changes: list[frozenset[str]] = []
+        source = KeySource(
+            config(jwks_url=server.url, key_refresh_interval_s=60.0),
+            on_change=lambda: changes.append(source.ring.kids),
+            clock=lambda: now[0],
+        )
+        await source.start()
+
+        async def demand(kid: str, document: bytes) -> None:
+            """``kid`` demands a refetch that serves ``document`` (a new ring: on_change)."""
+            now[0] += 61.0  # past the once-per-interval bound
+            server.document, asked, seen = document, server.requests, len(changes)
+            source.unknown_kid(kid)
+            await until(lambda: len(changes) == seen + 1)  # refetched, and settled
+            assert server.requests == asked + 1
+
+        async def no_demand(kid: str) -> None:
+            now[0] += 61.0
+            asked = server.requests
+            for _ in range(100):
+                source.unknown_kid(kid)
+            await quiet(0.1)
+            assert server.requests == asked
+
+        await demand("zzz", jwks("a", "c"))  # a bogus kid spends one demand refetch ...
+        await no_demand("zzz")  # ... and only one, ever
+        await demand("b", jwks("a", "b"))  # so a genuinely new kid still gets its refetch
+        assert accepts(source.ring, "b")
+        await no_demand("zzz")  # remembered across refetches: the issuer still lacks it
+        await demand("k1", jwks("a"))
+        await demand("k2", jwks("a", "c"))  # remembered now: zzz was dropped (bound: 2) ...
+        await demand("zzz", jwks("a"))  # ... so it demands again, and k1 is dropped ...
+        await no_demand("k2")
+        await demand("k1", jwks("a", "c"))  # ... and k1 again
+        server.status = 500  # a failed refetch learns nothing: the kid may ask again
+        now[0] += 61.0
+        source.unknown_kid("q")
+        await until(lambda: len(problems(caplog)) == 1)
+        server.status = 200
+        await demand("q", jwks("a"))
+        await source.aclose()
+
+
+@on_loop
 async def test_server_down_at_start_then_recovers(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     with JwksServer(jwks("a"), listening=False) as server:
@@ -279,6 +331,48 @@ def test_fetch_jwks_errors() -> None:
         fetch_jwks(down.url)
 
 
+def short_deadline(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """One fetch deadline for both sides: the key source's wait and the fetch itself."""
+    monkeypatch.setattr(refresh, "FETCH_DEADLINE_S", seconds)
+    monkeypatch.setattr(fetch, "FETCH_DEADLINE_S", seconds)
+
+
+@pytest.mark.parametrize("drip_head", [True, False], ids=["head", "body"])
+def test_fetch_jwks_has_one_deadline(monkeypatch: pytest.MonkeyPatch, drip_head: bool) -> None:
+    short_deadline(monkeypatch, 0.3)
+    with JwksServer(jwks("a")) as server:
+        server.drip_s, server.drip_head = 0.02, drip_head  # every read gets a byte in time
+        began = time.monotonic()
+        with pytest.raises(KeyConfigError, match=r"^no complete answer within 0\.3s$"):
+            fetch_jwks(server.url)  # the thread itself gives up: nothing left blocked in recv
+        assert 0.3 <= time.monotonic() - began < 1.0
+        server.drip_s = 0.001  # slow, but done well inside the deadline: read in pieces
+        assert json.loads(fetch_jwks(server.url, time.monotonic() + 5.0))["keys"][0]["kid"] == "a"
+
+
+@on_loop
+async def test_dripping_jwks_host_is_cut_off_and_the_ring_kept(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    short_deadline(monkeypatch, 0.3)
+    with JwksServer(jwks("a")) as server:
+        source = KeySource(config(jwks_url=server.url))
+        await source.start()
+        server.document, server.drip_s = jwks("b"), 0.02  # all of it would take seconds
+        loop = asyncio.get_running_loop()
+        began, asked = loop.time(), server.requests
+        await until(lambda: len(problems(caplog)) == 1)
+        assert loop.time() - began < INTERVAL_S + 0.3 + 0.5  # the wait + one deadline + slack
+        await until(lambda: server.requests >= asked + 3)  # two more cut-off fetches ...
+        lines = problems(caplog)
+        assert len(lines) == 1, lines  # ... and still one line
+        assert "no complete answer within 0.3s; keeping the 1 key(s) we have" in lines[0]
+        assert source.ring.kids == {"a"}
+        server.drip_s = 0.0
+        await until(lambda: source.ring.kids == {"b"})
+        await source.aclose()
+
+
 def test_jwks_url_must_be_http() -> None:
     with pytest.raises(KeyConfigError, match="expected an http"):
         KeySource(config(jwks_url="file:///etc/passwd"))
@@ -317,6 +411,40 @@ async def test_jwks_file_change_is_picked_up(
     path.write_bytes(jwks("b"))  # a new file (new inode), written in place
     await until(lambda: source.ring.kids == {"b"})
     assert changes == [{"a", "b"}, {"b"}]
+    await source.aclose()
+    assert no_tasks_left()
+
+
+@on_loop
+async def test_jwks_file_is_stat_polled_not_reread_every_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert refresh.FILE_POLL_S == 1.0  # the contract; shortened below to keep the test fast
+    monkeypatch.setattr(refresh, "FILE_POLL_S", 0.02)
+    path = tmp_path / "jwks.json"
+    write(path, jwks("a", "b"))
+    source = KeySource(config(jwks_file=str(path), key_refresh_interval_s=60.0))
+    reads: list[str] = []
+    read_key_file = refresh.read_key_file
+
+    def counted(file: str) -> bytes:
+        reads.append(file)
+        return read_key_file(file)
+
+    monkeypatch.setattr(refresh, "read_key_file", counted)
+    await source.start()
+    await quiet(0.2)  # some ten polls of an unchanged file ...
+    assert reads == []  # ... are stats only
+    write(path, jwks("a"))  # key b withdrawn: it must stop verifying now, not in a minute
+    await until(lambda: source.ring.kids == {"a"}, timeout_s=2.0)
+    assert not accepts(source.ring, "b") and len(reads) == 1
+    write(path, b"{ broken")
+    await until(lambda: len(problems(caplog)) == 1, timeout_s=2.0)
+    await quiet(0.2)
+    assert len(reads) == 2 and source.ring.kids == {"a"}  # a bad document is read once
+    write(path, jwks("c"))
+    await until(lambda: source.ring.kids == {"c"}, timeout_s=2.0)
+    assert len(reads) == 3
     await source.aclose()
     assert no_tasks_left()
 
@@ -418,3 +546,37 @@ async def test_stop_cancels_the_background_task() -> None:
         assert server.requests == asked  # no refresh after stop()
         source.unknown_kid("zzz")  # harmless after stop()
         await source.aclose()
+
+
+@on_loop
+async def test_aclose_waits_for_the_fetch_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    short_deadline(monkeypatch, 0.5)
+    running: list[int] = []  # executor threads inside a fetch right now
+    lock = threading.Lock()
+    fetch_ring = refresh._fetch_ring
+
+    def counted(*args: Any) -> Any:
+        with lock:
+            running.append(1)
+        try:
+            return fetch_ring(*args)
+        finally:
+            with lock:
+                running.pop()
+
+    monkeypatch.setattr(refresh, "_fetch_ring", counted)
+    with JwksServer(jwks("a")) as server:
+        source = KeySource(config(jwks_url=server.url))
+        await source.start()
+        server.drip_s = 0.02
+        asked = server.requests
+        await until(lambda: server.requests > asked)  # a fetch is stuck in the drip now
+        assert running == [1]
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        source.stop()
+        await source.aclose()
+        assert loop.time() - began < 0.5 + 0.5  # bounded by the fetch deadline
+        assert running == []  # no executor job left for Runner.close to wait on
+        assert no_tasks_left()
+        assert source.ring.kids == {"a"}

@@ -7,9 +7,12 @@ always under a deadline; the only sleeps are the ones that let ticks fail while 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -40,12 +43,14 @@ from fastgw.auth.revocation import (
 )
 from fastgw.config.gateway import RedisConfig
 from fastgw.errors import ConfigError
+from fastgw.keys import b64url
 from fastgw.redis_connect import (
     BACKGROUND_TIMEOUT_FLOOR_S,
     connection_kwargs,
     describe,
     sync_client,
 )
+from fastgw.revoke import TokenArg, token_argument
 from tests.support.gateway import uvloop_test
 from tests.support.redis_server import RedisServer, running_redis, start_redis
 
@@ -427,3 +432,47 @@ async def test_cluster_mode_writes_and_polls(redis_cluster: RedisServer) -> None
             await wait_for(lambda: not poller.revoked.jtis, "the forget to reach the poller")
         finally:
             await poller.wait_stopped()
+
+
+# ------------------------------------------------- fastgw revoke --token: reading the token
+
+
+def jwt_of(payload: bytes, signature: bytes = b"not-a-signature") -> str:
+    return ".".join(b64url(part) for part in (b'{"alg":"ES256"}', payload, signature))
+
+
+def test_token_argument_reads_jti_and_exp_without_checking_the_signature() -> None:
+    token = jwt_of(json.dumps({"jti": "j1", "exp": 4102444800}).encode())
+    assert token_argument(token) == TokenArg("j1", 4102444800)
+    assert token_argument(jwt_of(b'{"jti":"j1"}', b"x")) == TokenArg("j1", None)
+
+
+def test_token_argument_reads_stdin_for_a_dash() -> None:
+    token = jwt_of(b'{"jti":"j1","exp":4102444800}')
+    read = (f"  {token}\r\n").encode
+    assert token_argument("-", read_stdin=read) == TokenArg("j1", 4102444800)
+
+
+def test_token_exp_past_year_9999_is_kept_as_long_as_the_list_goes() -> None:
+    # A larger exp is a date gateways accept (up to 2**53) but revoke_jti cannot store.
+    token = jwt_of(json.dumps({"jti": "j1", "exp": 2**53 - 1}).encode())
+    assert token_argument(token) == TokenArg("j1", 253402300799)
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        (b'{"exp":4102444800}', "has no jti claim"),
+        (b'{"jti":"","exp":4102444800}', "its jti '' is not a valid jti"),
+        (b'{"jti":"j","exp":true}', "exp claim that is not an integer date"),
+        (b'{"jti":"j","exp":-1}', "exp claim that is not an integer date"),
+        (b'{"jti":"j","exp":9007199254740992}', "exp claim that is not an integer date"),
+        (b'{"jti":"j","jti":"k"}', "payload is not a JSON object"),
+        (b"[]", "payload is not a JSON object"),
+    ],
+)
+def test_token_argument_refuses_what_cannot_be_revoked_alone(payload: bytes, needle: str) -> None:
+    token = jwt_of(payload)
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(needle)) as caught:
+        token_argument(token)
+    assert token not in str(caught.value)

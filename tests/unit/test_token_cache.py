@@ -1,5 +1,5 @@
 """The verified-token cache: LRU order and bound, expiry at ``valid_until`` (injected ``now``),
-the check bytes that make a digest collision a miss, purge/clear, ``cache_size: 0``; and the
+the check bytes that make a digest collision a miss, clear, ``cache_size: 0``; and the
 verifier's ``valid_until`` = min(now + cache_ttl, exp + leeway), so a cached token never
 outlives its ``exp``.
 """
@@ -94,19 +94,6 @@ def test_collision_with_same_length_but_other_tail_is_a_miss() -> None:
     assert cache.get(token, NOW) is None
     cache._entries[hash(token)] = (length + 1, check, context)
     assert cache.get(token, NOW) is None
-
-
-def test_purge_drops_what_matches() -> None:
-    cache = TokenCache(10)
-    for n in range(6):
-        cache.put(tok(n), ctx("even" if n % 2 == 0 else "odd", jti=f"j{n}"))
-    assert cache.purge(lambda c: c.customer_id == b"even") == 3
-    assert len(cache) == 3
-    assert all(cache.get(tok(n), NOW) is None for n in (0, 2, 4))
-    assert all(cache.get(tok(n), NOW) is not None for n in (1, 3, 5))
-    assert cache.purge(lambda c: c.jti == "j3") == 1
-    assert cache.purge(lambda c: False) == 0
-    assert len(cache) == 2
 
 
 def test_clear() -> None:

@@ -30,6 +30,7 @@ REASONS = {
     sources.ENCODED_QUERY_NAME,
     sources.BAD_COOKIE_TOKEN,
     sources.DUPLICATE_COOKIE_TOKEN,
+    sources.SEVERAL_TOKEN_SOURCES,
 }
 
 
@@ -115,6 +116,9 @@ QUERY = ("query:access_token",)
         (b"access_token=abc==", b"abc=="),
         (b"access_token=a+b/c~d-e_f.g", b"a+b/c~d-e_f.g"),
         (b"x=%41&access_token=abc", b"abc"),  # "%" elsewhere is fine
+        (b"x=1;access_token=abc", b"abc"),  # ";" separates parameters too
+        (b"a=1;access_token=abc&b=2", b"abc"),
+        (b"a=1&b=2;c=3;access_token=abc", b"abc"),
         (b"access_token=" + b"a" * MAX, b"a" * MAX),
         (b"q=access_token&x=1", None),  # the name as a value is not the parameter
         (b"xaccess_token=abc&access_tokenx=def", None),
@@ -122,6 +126,8 @@ QUERY = ("query:access_token",)
         (b"", None),
         (b"a=1&b=2", None),
         (b"%7A=1", None),  # an encoded name that is not ours
+        (b"x=access_token;y=1", None),
+        (b"x=1;xaccess_token=abc;access_tokenx=def", None),
     ],
 )
 def test_query_token(speedups: Build, query: bytes, token: bytes | None) -> None:
@@ -136,15 +142,26 @@ def test_query_token(speedups: Build, query: bytes, token: bytes | None) -> None
         (b"access_token=abc%2Edef", sources.BAD_QUERY_TOKEN),  # no percent-decoding of tokens
         (b"access_token=%61bc", sources.BAD_QUERY_TOKEN),
         (b"access_token=a b", sources.BAD_QUERY_TOKEN),
+        # a value that ";" ends: an "&"-only parser reads "a;b" where we would read "a"
         (b"access_token=a;b", sources.BAD_QUERY_TOKEN),
+        (b"access_token=abc;x=1", sources.BAD_QUERY_TOKEN),
+        (b";access_token=abc;", sources.BAD_QUERY_TOKEN),
+        (b"x=1;access_token=abc;&y=2", sources.BAD_QUERY_TOKEN),
         (b"access_token==abc", sources.BAD_QUERY_TOKEN),
         (b"access_token=" + b"a" * (MAX + 1), sources.BAD_QUERY_TOKEN),
         (b"access_token=abc&access_token=abc", sources.DUPLICATE_QUERY_TOKEN),
         (b"access_token=abc&x=1&access_token=def", sources.DUPLICATE_QUERY_TOKEN),
+        # ";"-separated duplicates: backends that split on ";" see two values
+        (b"access_token=abc;access_token=def", sources.DUPLICATE_QUERY_TOKEN),
+        (b"x=1;access_token=F&access_token=G", sources.DUPLICATE_QUERY_TOKEN),
+        (b"access_token=F&x=1;access_token=G", sources.DUPLICATE_QUERY_TOKEN),
+        (b"x=1;access_token=F;y=2;access_token=G", sources.DUPLICATE_QUERY_TOKEN),
+        (b"x=1;access_token=;access_token=G", sources.BAD_QUERY_TOKEN),  # first error wins
         (b"acc%65ss_token=abc", sources.ENCODED_QUERY_NAME),
         (b"access_token=abc&acc%65ss_token=def", sources.ENCODED_QUERY_NAME),
         (b"acc%65ss_token=def&access_token=abc", sources.ENCODED_QUERY_NAME),
         (b"%61%63%63%65%73%73%5F%74%6F%6B%65%6E=abc", sources.ENCODED_QUERY_NAME),
+        (b"access_token=abc&x=1;acc%65ss_token=def", sources.ENCODED_QUERY_NAME),
     ],
 )
 def test_query_present_but_malformed_is_refused(speedups: Build, query: bytes, reason: str) -> None:
@@ -200,47 +217,137 @@ def test_cookie_present_but_malformed_is_refused(
     assert refused(token_reader(COOKIE, MAX), head(speedups, cookies=cookies)) == reason
 
 
-# ----------------------------------------------------------------------------------- order
+# ---------------------------------------------------------------------------- several sources
 
 ALL = ("cookie:session", "query:access_token", "header")
+FORGED = b"eyJhbGciOiJFZERTQSJ9.eyJjdXN0b21lcl9pZCI6ImIifQ.Zm9yZ2Vk"  # customer "b", unsigned
 
 
-def test_first_present_source_wins(speedups: Build) -> None:
-    read = token_reader(ALL, MAX)
-    both = head(speedups, authorization=b"Bearer fromheader", cookies=(b"session=fromcookie",))
-    assert read(both, b"access_token=fromquery") == b"fromcookie"
-    header_only = head(speedups, authorization=b"Bearer fromheader")
-    assert read(header_only, b"access_token=fromquery") == b"fromquery"
-    assert read(header_only, b"") == b"fromheader"
-    assert read(head(speedups, cookies=(b"other=1",)), b"x=1") is None
+def test_valid_header_with_forged_query_and_cookie_is_refused(speedups: Build) -> None:
+    # The review's attack: the header authenticates customer A, while the query string and
+    # the Cookie field (forwarded unchanged) carry customer B's token for the backend.
+    read = token_reader(("header", "query:access_token", "cookie:tok"), MAX)
+    request = head(speedups, authorization=b"Bearer " + JWT, cookies=(b"tok=" + FORGED,))
+    assert refused(read, request, b"access_token=" + FORGED) == sources.SEVERAL_TOKEN_SOURCES
+    # each of the two smuggled copies alone is refused as well
+    assert refused(read, request, b"") == sources.SEVERAL_TOKEN_SOURCES
+    alone = head(speedups, authorization=b"Bearer " + JWT)
+    assert refused(read, alone, b"access_token=" + FORGED) == sources.SEVERAL_TOKEN_SOURCES
+    assert read(alone, b"x=1") == JWT
 
 
-@pytest.mark.parametrize(
-    ("authorization", "cookies", "query"),
-    [
-        # a malformed first source is refused although a later one carries a good token
-        (b"Bearer good", (b"session=bad value",), b"access_token=good"),
-        (b"Bearer good", (), b"access_token=bad%20value"),
-        (b"Bearer good", (), b"access_token=a&access_token=b"),
-        (b"Basic bad", (b"other=1",), b"x=1"),
-    ],
-)
-def test_present_but_malformed_never_falls_through(
-    speedups: Build, authorization: bytes, cookies: tuple[bytes, ...], query: bytes
+# What makes each source present: well-formed, malformed, and spelled the ways the reader
+# counts as its name. Every one of them counts.
+HEADERS_PRESENT = [b"Bearer " + JWT, b"Basic dXNlcjpwYXNz", b"", b"Bearer a b"]
+QUERIES_PRESENT = [
+    b"access_token=" + FORGED,
+    b"x=1;access_token=" + FORGED,
+    b"access_token",
+    b"access_token=",
+    b"access_token=a%20b",
+    b"acc%65ss_token=" + FORGED,
+    b"access_token=a&access_token=b",
+    b"access_token=a;access_token=b",
+]
+COOKIES_PRESENT = [
+    (b"session=" + FORGED,),
+    (b"a=1;\t session = " + FORGED,),
+    (b"session",),
+    (b"session=a b",),
+    (b"session=a; session=b",),
+    (b"a=1", b"session=" + FORGED),
+]
+# Absent although the name appears somewhere.
+QUERY_DECOYS = [b"", b"q=access_token", b"xaccess_token=abc;access_tokenx=def", b"%7A=1"]
+COOKIE_DECOYS = [(), (b"x=session; sessionx=abc",), (b"SESSION=abc",)]
+
+
+@pytest.mark.parametrize("configured", [ALL, ("header", "query:access_token")])
+@pytest.mark.parametrize("authorization", HEADERS_PRESENT)
+@pytest.mark.parametrize("query", QUERIES_PRESENT)
+def test_header_and_query_present_is_refused(
+    speedups: Build, configured: tuple[str, ...], authorization: bytes, query: bytes
+) -> None:
+    request = head(speedups, authorization=authorization)
+    assert refused(token_reader(configured, MAX), request, query) == sources.SEVERAL_TOKEN_SOURCES
+
+
+@pytest.mark.parametrize("configured", [ALL, ("cookie:session", "header")])
+@pytest.mark.parametrize("authorization", HEADERS_PRESENT)
+@pytest.mark.parametrize("cookies", COOKIES_PRESENT)
+def test_header_and_cookie_present_is_refused(
+    speedups: Build, configured: tuple[str, ...], authorization: bytes, cookies: tuple[bytes, ...]
 ) -> None:
     request = head(speedups, authorization=authorization, cookies=cookies)
-    refused(token_reader(ALL, MAX), request, query)
+    assert refused(token_reader(configured, MAX), request) == sources.SEVERAL_TOKEN_SOURCES
 
 
-def test_a_later_malformed_source_is_never_read(speedups: Build) -> None:
+@pytest.mark.parametrize("configured", [ALL, ("query:access_token", "cookie:session")])
+@pytest.mark.parametrize("query", QUERIES_PRESENT)
+@pytest.mark.parametrize("cookies", COOKIES_PRESENT)
+def test_query_and_cookie_present_is_refused(
+    speedups: Build, configured: tuple[str, ...], query: bytes, cookies: tuple[bytes, ...]
+) -> None:
+    request = head(speedups, cookies=cookies)
+    assert refused(token_reader(configured, MAX), request, query) == sources.SEVERAL_TOKEN_SOURCES
+
+
+@pytest.mark.parametrize("configured", [ALL, ALL[::-1]])
+def test_only_the_header_present_is_read(speedups: Build, configured: tuple[str, ...]) -> None:
+    read = token_reader(configured, MAX)
+    for query in QUERY_DECOYS:
+        for cookies in COOKIE_DECOYS:
+            request = head(speedups, authorization=b"Bearer " + JWT, cookies=cookies)
+            assert read(request, query) == JWT
+            malformed = head(speedups, authorization=b"Basic x", cookies=cookies)
+            assert refused(read, malformed, query) == sources.BAD_AUTHORIZATION
+
+
+@pytest.mark.parametrize("configured", [ALL, ALL[::-1]])
+def test_only_the_query_present_is_read(speedups: Build, configured: tuple[str, ...]) -> None:
+    read = token_reader(configured, MAX)
+    for cookies in COOKIE_DECOYS:
+        request = head(speedups, cookies=cookies)
+        assert read(request, b"a=1&access_token=" + JWT) == JWT
+        assert read(request, b"a=1;access_token=" + JWT) == JWT
+        assert refused(read, request, b"access_token=a b") == sources.BAD_QUERY_TOKEN
+        assert refused(read, request, b"access_token=a;access_token=b") == (
+            sources.DUPLICATE_QUERY_TOKEN
+        )
+        assert refused(read, request, b"acc%65ss_token=abc") == sources.ENCODED_QUERY_NAME
+
+
+@pytest.mark.parametrize("configured", [ALL, ALL[::-1]])
+def test_only_the_cookie_present_is_read(speedups: Build, configured: tuple[str, ...]) -> None:
+    read = token_reader(configured, MAX)
+    for query in QUERY_DECOYS:
+        request = head(speedups, cookies=(b"theme=dark; session=" + JWT,))
+        assert read(request, query) == JWT
+        malformed = head(speedups, cookies=(b"session=a b",))
+        assert refused(read, malformed, query) == sources.BAD_COOKIE_TOKEN
+        twice = head(speedups, cookies=(b"session=a", b"session=b"))
+        assert refused(read, twice, query) == sources.DUPLICATE_COOKIE_TOKEN
+
+
+def test_no_source_present_is_none(speedups: Build) -> None:
+    read = token_reader(ALL, MAX)
+    for query in QUERY_DECOYS:
+        for cookies in COOKIE_DECOYS:
+            assert read(head(speedups, cookies=cookies), query) is None
+
+
+def test_a_source_not_configured_is_not_looked_at(speedups: Build) -> None:
+    # Only configured sources count: a header is nobody's business under query/cookie sources.
+    read = token_reader(("query:t", "cookie:c"), MAX)
     request = head(speedups, authorization=b"Basic bad", cookies=(b"session=a b",))
-    assert token_reader(("query:t", "header"), MAX)(request, b"t=good") == b"good"
+    assert read(request, b"t=good&access_token=x") == b"good"
 
 
 @pytest.mark.parametrize(
     ("sources_", "max_bytes"),
     [((), MAX), (("query:",), MAX), (("cookie:a=b",), MAX), (("query:a%62",), MAX),
-     (("form:x",), MAX), (("Header",), MAX), (("header",), 0)],
+     (("form:x",), MAX), (("Header",), MAX), (("header",), 0), (("header", "header"), MAX),
+     (("query:a", "cookie:a", "query:a"), MAX)],
 )  # fmt: skip
 def test_bad_configuration_is_refused_at_build(sources_: tuple[str, ...], max_bytes: int) -> None:
     with pytest.raises(ValueError):
@@ -270,13 +377,23 @@ wire = st.lists(pieces, max_size=16).map(b"".join)
 authorizations = st.one_of(st.none(), wire, st.builds(lambda t: b"Bearer " + t, wire))
 
 
+SUBSETS = [
+    ("query:access_token",),
+    ("cookie:session",),
+    ("header",),
+    ("header", "query:access_token"),
+    ("cookie:session", "header"),
+    ("query:access_token", "cookie:session"),
+]
+
+
 @given(query=wire, cookie=st.one_of(st.none(), wire), authorization=authorizations)
 @settings(deadline=None, max_examples=500)
 def test_reader_raises_only_token_error(
     query: bytes, cookie: bytes | None, authorization: bytes | None
 ) -> None:
     stub = cast(RequestHead, StubHead(authorization, cookie))
-    for configured in (ALL, ("query:access_token",), ("cookie:session",), ("header",)):
+    for configured in (ALL, *SUBSETS):
         try:
             token = token_reader(configured, 16)(stub, query)
         except TokenError as error:
@@ -284,3 +401,27 @@ def test_reader_raises_only_token_error(
             continue
         if token is not None:
             assert B64TOKEN.fullmatch(token) and 1 <= len(token) <= 16
+
+
+def outcome(configured: tuple[str, ...], stub: RequestHead, query: bytes) -> bytes | str | None:
+    """The token, the refusal's reason, or None."""
+    try:
+        return token_reader(configured, 16)(stub, query)
+    except TokenError as error:
+        return error.reason
+
+
+@given(query=wire, cookie=st.one_of(st.none(), wire), authorization=authorizations)
+@settings(deadline=None, max_examples=500)
+def test_several_sources_read_the_one_present(
+    query: bytes, cookie: bytes | None, authorization: bytes | None
+) -> None:
+    # Model: a source is present exactly when its reader alone does not return None; with
+    # several configured, two present is SEVERAL_TOKEN_SOURCES, one present reads as alone.
+    stub = cast(RequestHead, StubHead(authorization, cookie))
+    alone = {source: outcome((source,), stub, query) for source in ALL}
+    assert (alone["header"] is None) == (authorization is None)
+    for configured in (ALL, ALL[::-1], *(s for s in SUBSETS if len(s) > 1)):
+        present = [alone[source] for source in configured if alone[source] is not None]
+        expected = sources.SEVERAL_TOKEN_SOURCES if len(present) > 1 else next(iter(present), None)
+        assert outcome(configured, stub, query) == expected
