@@ -104,13 +104,15 @@ class Plan:
         routing = config.gateway.routing
         weights = [instance.weight for instance in config.routing.metald_instances]
         balancer = WeightedRoundRobin(weights)
+        keys = self.auth.keys
+        ready = Ready(self.backends, None if keys is None else lambda: len(keys.ring) > 0)
         exact: list[tuple[bytes, RoutePlan]] = [
             (b"/health", RoutePlan("health", HEALTH_METHODS, (Health(self.backends).on_request,))),
             (
                 b"/health/detailed",
                 RoutePlan("health", HEALTH_METHODS, (DetailedHealth(self.backends).on_request,)),
             ),
-            (b"/ready", RoutePlan("health", HEALTH_METHODS, (Ready(self.backends).on_request,))),
+            (b"/ready", RoutePlan("health", HEALTH_METHODS, (ready.on_request,))),
         ]
         prefixes: list[tuple[bytes, RoutePlan]] = []
         for route in config.routes:

@@ -1,6 +1,7 @@
 """The reserved endpoints on the main port (contract A3), answered by the gateway itself:
 ``/health`` (the process serves), ``/health/detailed`` (components with status and latency)
-and ``/ready`` (503 when no backend instance can be reached)."""
+and ``/ready`` (503 when no backend instance can be reached, or when JWT verification is
+configured but this worker holds no key yet: every token would be refused)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import orjson
 from fastgw.pipeline import RESPOND
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from fastgw.exchange import Exchange
     from fastgw.http.pool import UpstreamPool
@@ -82,10 +83,18 @@ class DetailedHealth(Health):
 
 
 class Ready(Health):
-    __slots__ = ()
+    __slots__ = ("_has_keys",)
+
+    def __init__(self, backends: BackendView, has_keys: Callable[[], bool] | None = None) -> None:
+        super().__init__(backends)
+        self._has_keys = has_keys  # None: no JWT key source configured
 
     def on_request(self, ex: Exchange) -> int:
         ready = self._backends.reachable() > 0
-        body = {"ready": ready, "dependencies": ["metald"]}
+        dependencies = ["metald"]
+        if self._has_keys is not None:
+            dependencies.append("jwt_keys")
+            ready = ready and self._has_keys()
+        body = {"ready": ready, "dependencies": dependencies}
         ex.respond_local(200 if ready else 503, orjson.dumps(body))
         return RESPOND

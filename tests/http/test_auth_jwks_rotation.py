@@ -76,3 +76,33 @@ async def test_rotation_old_then_both_then_new_never_fails_a_valid_token() -> No
                 assert await status(old_token) == 401  # cache emptied with the key change
             finally:
                 await client.close()
+
+
+@uvloop_test
+async def test_ready_waits_for_the_first_keys() -> None:
+    key = generate_private_key("ES256")
+    with JwksServer(jwks((key, "k")), listening=False) as server:  # the issuer is down
+        config = {
+            "gateway": {
+                "authentication": {
+                    "jwt": {"jwks_url": server.url, "algorithm": "ES256",
+                            "refresh_interval": REFRESH},
+                }
+            },
+            "routes": ECHO_ROUTES,
+        }
+        async with running(extra=config) as gw:
+            client = await RawClient.connect(gw.port)
+            try:
+                reply = await client.request(get("/ready"))
+                assert reply.status == 503  # no key: every token would be refused
+                assert reply.json() == {"ready": False, "dependencies": ["metald", "jwt_keys"]}
+                server.listen()
+                keys = gw.gateway.context.plan.auth.keys
+                assert keys is not None
+                await eventually(lambda: len(keys.ring) > 0, 10.0)
+                reply = await client.request(get("/ready"))
+                assert reply.status == 200
+                assert reply.json() == {"ready": True, "dependencies": ["metald", "jwt_keys"]}
+            finally:
+                await client.close()
