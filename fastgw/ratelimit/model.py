@@ -1,0 +1,225 @@
+"""Pure-Python reference of ``customer.lua`` and ``global.lua``: same inputs, same decision.
+
+What it owns
+    ``ReferenceModel``: the scripts' algorithm over a dict instead of Redis, with the clock
+    injected (``now_us``). It is the readable spec; the tests run random call sequences through
+    both and require identical decisions (ARCHITECTURE principle 3).
+
+Invariants
+    * Every step mirrors the Lua arithmetic operation for operation, on floats where Lua works on
+      doubles: IEEE-754 rounds each operation the same way in both, so results agree to the bit
+      (``math.floor(elapsed * rate)``, ``math.ceil(need / rate)``, ...). State is integers
+      (micro-tokens, µs, units), all below 2**53 by the request types' bounds.
+    * The model never forgets state, where Redis expires keys. That changes no decision: a
+      bucket key expires only after it would have refilled to full (TTL = time to full + a
+      margin), and a missing key reads as full; a quota key is named by its day and outlives it.
+      (The one difference: a bucket whose burst was raised after its key expired reads full in
+      Redis, still refilling here. Tests keep the burst of a key fixed.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+from fastgw.ratelimit.decision import CustomerRequest, Decision, GlobalRequest, Level
+
+__all__ = ["DAY_US", "UT", "ReferenceModel"]
+
+UT: Final = 1_000_000  # micro-tokens per token, and µs per second
+DAY_US: Final = 86_400 * UT
+
+
+def _ceil_ms(us: float) -> int:
+    return math.ceil(us / 1000)
+
+
+def _refill_ms(need_ut: int, rate: float, lag_us: int) -> int:
+    """ms from now until ``need_ut`` micro-tokens have refilled (``lag_us``: stamp - now)."""
+    return _ceil_ms(lag_us + float(math.ceil(need_ut / rate)))  # float: a Lua double sum
+
+
+@dataclass(slots=True)
+class _Level:
+    """One level of one decision (the Lua table of the same fields)."""
+
+    code: Level
+    take: int  # micro-tokens (bucket) or units (quota) this request takes
+    have: int  # micro-tokens in the bucket / units used today, before or after the take
+    wait: int  # 0: allows; -1: never; else ms until it allows
+    limit: int  # burst (tokens) or daily quota (units)
+    key: tuple[object, ...]
+    rate: float = 0.0  # buckets only
+    stamp: int = 0  # buckets only: the µs to write
+    lag_us: int = 0  # buckets only: stamp - now (> 0 after the clock went back)
+    reset_ms: int = 0  # quota only: ms until 00:00 UTC
+
+    @property
+    def is_bucket(self) -> bool:
+        return self.code is not Level.QUOTA
+
+
+class ReferenceModel:
+    """Buckets as ``key -> (micro-tokens, last µs)``, quotas as ``(customer, day) -> units``."""
+
+    __slots__ = ("buckets", "used")
+
+    def __init__(self) -> None:
+        self.buckets: dict[tuple[object, ...], tuple[int, int]] = {}
+        self.used: dict[tuple[object, ...], int] = {}
+
+    def decide(self, request: CustomerRequest, now_us: int) -> Decision:
+        """``customer.lua`` at ``now_us``."""
+        cid = request.customer_id
+        key: tuple[object, ...]
+        levels = [
+            self._bucket(
+                Level.CUSTOMER,
+                ("b", cid),
+                rate=request.rate_per_s,
+                burst=request.burst,
+                take=request.cost,
+                now_us=now_us,
+            )
+        ]
+        endpoint_rate, endpoint_burst = request.endpoint_rate_per_s, request.endpoint_burst
+        if endpoint_rate is not None and endpoint_burst is not None:
+            key = ("e", cid, request.endpoint)
+            levels.append(
+                self._bucket(
+                    Level.ENDPOINT,
+                    key,
+                    rate=endpoint_rate,
+                    burst=endpoint_burst,
+                    take=1,
+                    now_us=now_us,
+                )
+            )
+        quota = request.daily_quota
+        if quota is not None:
+            day = math.floor(now_us / DAY_US)
+            key = ("q", cid, day)
+            used = self.used.get(key, 0)
+            to_midnight_ms = _ceil_ms((day + 1) * DAY_US - now_us)
+            cost = request.cost
+            wait = -1 if cost > quota else to_midnight_ms if used + cost > quota else 0
+            levels.append(
+                _Level(Level.QUOTA, cost, used, wait, quota, key, reset_ms=to_midnight_ms)
+            )
+        return self._decide(levels, request.shadow, now_us)
+
+    def decide_global(self, request: GlobalRequest, now_us: int, name: bytes = b"") -> Decision:
+        """``global.lua`` at ``now_us`` (``name`` tells global buckets apart, like their key)."""
+        level = self._bucket(
+            Level.GLOBAL,
+            ("g", name),
+            rate=request.rate_per_s,
+            burst=request.burst,
+            take=request.cost,
+            now_us=now_us,
+        )
+        return self._decide([level], Level.GLOBAL.bit if request.shadow else 0, now_us)
+
+    # -------------------------------------------------------------------------- the Lua, mirrored
+
+    def _bucket(
+        self,
+        code: Level,
+        key: tuple[object, ...],
+        *,
+        rate: float,
+        burst: int,
+        take: int,
+        now_us: int,
+    ) -> _Level:
+        burst_ut, take_ut = burst * UT, take * UT
+        state = self.buckets.get(key)
+        if state is None:
+            tokens, stamp = burst_ut, now_us
+        else:
+            tokens, stamp = state
+            if now_us > stamp:
+                tokens = tokens + math.floor((now_us - stamp) * rate)
+                stamp = now_us
+            tokens = min(tokens, burst_ut)
+        lag_us = stamp - now_us
+        wait = 0
+        if take_ut > burst_ut:
+            wait = -1
+        elif tokens < take_ut:
+            wait = _refill_ms(take_ut - tokens, rate, lag_us)
+        return _Level(
+            code, take_ut, tokens, wait, burst, key, rate=rate, stamp=stamp, lag_us=lag_us
+        )
+
+    def _take(self, level: _Level) -> None:
+        if level.is_bucket:
+            level.have -= level.take
+            self.buckets[level.key] = (level.have, level.stamp)
+        else:
+            level.have += level.take
+            self.used[level.key] = level.have
+
+    @staticmethod
+    def _show(level: _Level) -> tuple[int, int, int, int]:
+        """limit, remaining, reset_ms, calls left: what the headers would show of ``level``."""
+        if level.is_bucket:
+            burst_ut = level.limit * UT
+            return (
+                level.limit,
+                math.floor(level.have / UT),
+                _refill_ms(burst_ut - level.have, level.rate, level.lag_us),
+                math.floor(level.have / level.take),
+            )
+        left = max(0, level.limit - level.have)
+        return level.limit, left, level.reset_ms, math.floor(left / level.take)
+
+    def _decide(self, levels: list[_Level], shadow: int, now_us: int) -> Decision:
+        refused, refused_wait, mask, shadow_wait = Level.NONE, 0, 0, 0
+        for level in levels:
+            if level.wait != 0:
+                mask |= level.code.bit
+                if shadow & level.code.bit:
+                    if shadow_wait == 0 or _longer(level.wait, shadow_wait):
+                        shadow_wait = level.wait
+                elif refused is Level.NONE or _longer(level.wait, refused_wait):
+                    refused, refused_wait = level.code, level.wait
+        header, limit, remaining, reset_ms = Level.NONE, 0, 0, 0
+        best_calls, best_reset = -1, -1
+        for level in levels:
+            shadowed = bool(shadow & level.code.bit)
+            if refused is Level.NONE and (mask == 0 or not shadowed):
+                self._take(level)
+            if shadowed:
+                continue
+            lim, rem, res, calls = self._show(level)
+            # refused: the refusing level; else the fewest calls left, then the longest reset
+            if (refused is not Level.NONE and level.code is refused) or (
+                refused is Level.NONE
+                and (
+                    best_calls < 0
+                    or calls < best_calls
+                    or (calls == best_calls and res > best_reset)
+                )
+            ):
+                header, limit, remaining, reset_ms = level.code, lim, rem, res
+                best_calls, best_reset = calls, res
+        retry = refused_wait if refused is not Level.NONE else shadow_wait
+        return Decision(
+            refused,
+            mask,
+            None if retry < 0 else retry,
+            header,
+            limit,
+            remaining,
+            reset_ms,
+            now_us,
+        )
+
+
+def _longer(a: int, b: int) -> bool:
+    """Wait ``a`` is strictly longer than ``b`` (-1, never, is the longest)."""
+    if b == -1:
+        return False
+    return a == -1 or a > b

@@ -1,0 +1,138 @@
+"""The Redis rate-limit scripts: their source and SHA1, the KEYS/ARGV layout, EVALSHA + NOSCRIPT.
+
+What it owns
+    ``CUSTOMER`` (``customer.lua``: every per-customer level of one request, atomically) and
+    ``GLOBAL`` (``global.lua``: the global bucket), read once from the package at import; the
+    functions that lay out their KEYS and ARGV (the only code that knows the layout, which the
+    scripts' headers document); ``evalsha_or_load`` for redis-py sync clients.
+
+Invariants
+    * The layout functions are plain values in, bytes out, and touch no client, so the hot-path
+      Redis client (a later change) uses them unchanged and can cache what does not vary.
+    * Every customer key is under the hash tag ``{c:<id>}``: one Cluster slot per customer.
+      Customer ids and endpoint names never hold ``{``, ``}`` or ``:`` (the token and config
+      validators allow ``[A-Za-z0-9_.-]`` only), so distinct (customer, endpoint) pairs never
+      share a key; ``customer_keys`` trusts that and does not check on the hot path.
+    * The global key is in a slot of its own. The caller sends both scripts in one round trip
+      (a pipeline); they are *not* atomic together: the global bucket takes its token even when
+      the customer script refuses, and the customer script takes even when the global level
+      refuses. The global level is a gateway-wide safety valve, not a per-customer promise.
+    * The clock is Redis ``TIME``. The ``now_us`` argument of the ARGV functions is a TEST HOOK
+      (the scripts' last ARGV): production callers leave it None, which sends ``0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from hashlib import sha1
+from importlib.resources import files
+from typing import Final
+
+import redis
+import redis.cluster
+from redis.exceptions import NoScriptError
+
+from fastgw.ratelimit.decision import CustomerRequest, GlobalRequest, Level
+
+__all__ = [
+    "CUSTOMER",
+    "GLOBAL",
+    "GLOBAL_KEY",
+    "LuaScript",
+    "customer_argv",
+    "customer_keys",
+    "evalsha_or_load",
+    "global_argv",
+    "quota_key",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    """A script's source and the SHA1 that EVALSHA names it by."""
+
+    name: str
+    source: bytes
+    sha1: str
+
+    @classmethod
+    def from_package(cls, name: str) -> LuaScript:
+        source = files(__package__).joinpath(name).read_bytes()
+        return cls(name, source, sha1(source).hexdigest())
+
+
+CUSTOMER: Final = LuaScript.from_package("customer.lua")
+GLOBAL: Final = LuaScript.from_package("global.lua")
+
+GLOBAL_KEY: Final = b"{g}:b"
+"""The global bucket's default key: a hash tag of its own, so a slot of its own."""
+
+_NO_CLOCK: Final = b"0"  # the test-hook ARGV in production: use Redis TIME
+_ABSENT: Final = b""  # an ARGV for a level that is off (tonumber('') is nil in Lua)
+
+
+def customer_keys(customer_id: bytes, endpoint: bytes) -> tuple[bytes, bytes, bytes]:
+    """KEYS of ``customer.lua``: customer bucket, endpoint bucket, quota key prefix."""
+    tag = b"{c:" + customer_id + b"}"
+    return tag + b":b", tag + b":e:" + endpoint, tag + b":q:"
+
+
+def quota_key(customer_id: bytes, day: int) -> bytes:
+    """The key ``customer.lua`` counts a UTC day in (``day``: days since 1970-01-01)."""
+    return b"{c:" + customer_id + b"}:q:%d" % day
+
+
+def _rate(rate_per_s: float) -> bytes:
+    # repr is the shortest string that reads back as the same double (Lua's tonumber is strtod).
+    return repr(float(rate_per_s)).encode("ascii")
+
+
+def _clock(now_us: int | None) -> bytes:
+    if now_us is None:
+        return _NO_CLOCK
+    if type(now_us) is not int or now_us <= 0:
+        raise ValueError("now_us (test hook) must be a positive integer")
+    return b"%d" % now_us
+
+
+def customer_argv(request: CustomerRequest, *, now_us: int | None = None) -> tuple[bytes, ...]:
+    """ARGV of ``customer.lua`` (layout in its header); ``now_us`` is the test hook."""
+    endpoint_rate = request.endpoint_rate_per_s
+    quota = request.daily_quota
+    return (
+        b"%d" % request.cost,
+        _rate(request.rate_per_s),
+        b"%d" % request.burst,
+        _ABSENT if endpoint_rate is None else _rate(endpoint_rate),
+        b"%d" % (request.endpoint_burst or 0),
+        _ABSENT if quota is None else b"%d" % quota,
+        b"%d" % (request.shadow & (Level.CUSTOMER.bit | Level.ENDPOINT.bit | Level.QUOTA.bit)),
+        _clock(now_us),
+    )
+
+
+def global_argv(request: GlobalRequest, *, now_us: int | None = None) -> tuple[bytes, ...]:
+    """ARGV of ``global.lua`` (layout in its header); ``now_us`` is the test hook."""
+    return (
+        b"%d" % request.cost,
+        _rate(request.rate_per_s),
+        b"%d" % request.burst,
+        b"1" if request.shadow else b"0",
+        _clock(now_us),
+    )
+
+
+def evalsha_or_load(
+    client: redis.Redis | redis.cluster.RedisCluster,
+    script: LuaScript,
+    keys: Sequence[bytes],
+    argv: Sequence[bytes],
+) -> object:
+    """Run ``script`` by its SHA1; after NOSCRIPT (a restart, a failover to a replica that never
+    saw it, SCRIPT FLUSH) send it whole with EVAL, which also caches it for the next EVALSHA.
+    Off the hot path (redis-py sync); returns the raw reply (``decode_reply`` reads it)."""
+    try:
+        return client.evalsha(script.sha1, len(keys), *keys, *argv)
+    except NoScriptError:
+        return client.eval(script.source, len(keys), *keys, *argv)  # type: ignore[arg-type]

@@ -1,0 +1,541 @@
+"""The Redis rate-limit scripts against their Python reference model, on a real redis-server.
+
+The scripts read Redis ``TIME``; every test here but one passes the test-hook clock (the last
+ARGV) so that script and model see the same ``now_us`` and must agree exactly, decision and
+stored state. ``test_without_the_hook_the_clock_is_redis_time`` proves the hook is the only
+thing that replaces ``TIME``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import redis
+import redis.cluster
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from fastgw.ratelimit.decision import (
+    SHADOW_ALL,
+    CustomerRequest,
+    Decision,
+    GlobalRequest,
+    Level,
+    decode_reply,
+    endpoint_burst,
+)
+from fastgw.ratelimit.model import DAY_US, UT, ReferenceModel
+from fastgw.ratelimit.script import (
+    CUSTOMER,
+    GLOBAL,
+    GLOBAL_KEY,
+    customer_argv,
+    customer_keys,
+    evalsha_or_load,
+    global_argv,
+    quota_key,
+)
+from tests.support.redis_server import RedisServer, running_redis
+
+T0 = 1_700_000_000 * UT  # 2023-11-14T22:13:20Z, in µs
+_ids = itertools.count()
+
+
+def fresh_id() -> bytes:
+    """A customer id no earlier test used: hypothesis examples share one server."""
+    return b"cust-%d" % next(_ids)
+
+
+def run(client: redis.Redis, request: CustomerRequest, now_us: int | None) -> Decision:
+    keys = customer_keys(request.customer_id, request.endpoint)
+    return decode_reply(
+        evalsha_or_load(client, CUSTOMER, keys, customer_argv(request, now_us=now_us))
+    )
+
+
+def run_global(
+    client: redis.Redis, request: GlobalRequest, now_us: int | None, key: bytes = GLOBAL_KEY
+) -> Decision:
+    reply = evalsha_or_load(client, GLOBAL, [key], global_argv(request, now_us=now_us))
+    return decode_reply(reply)
+
+
+@dataclass
+class Pair:
+    """Script and model side by side: every call must decide the same."""
+
+    client: redis.Redis
+    model: ReferenceModel
+
+    def decide(self, request: CustomerRequest, now_us: int) -> Decision:
+        got = run(self.client, request, now_us)
+        assert got == self.model.decide(request, now_us)
+        return got
+
+
+@pytest.fixture
+def client(redis_clean: RedisServer) -> Iterator[redis.Redis]:
+    with redis_clean.client() as c:
+        yield c
+
+
+@pytest.fixture
+def pair(client: redis.Redis) -> Pair:
+    return Pair(client, ReferenceModel())
+
+
+def req(**kw: object) -> CustomerRequest:
+    base: dict[str, object] = {"customer_id": b"c1", "endpoint": b"CreateVM"}
+    base.update(kw)
+    return CustomerRequest(**base)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------- script against model
+
+
+@dataclass(frozen=True)
+class Step:
+    advance_us: int
+    customer: int
+    endpoint: int
+    cost: int
+    variant: int
+    shadow: int
+    is_global: bool
+
+
+steps = st.lists(
+    st.builds(
+        Step,
+        advance_us=st.one_of(
+            st.integers(0, 200_000),
+            st.integers(0, 5 * UT),
+            st.integers(-2 * UT, 0),  # the clock going backwards
+            st.sampled_from([0, 1, 999, 1000, 1001, 3600 * UT]),
+        ),
+        customer=st.integers(0, 2),
+        endpoint=st.integers(0, 2),
+        cost=st.integers(1, 6),
+        variant=st.integers(0, 1),
+        shadow=st.sampled_from([0, 0, 0, 0, 1, 2, 4, 7]),
+        is_global=st.booleans(),
+    ),
+    min_size=1,
+    max_size=60,
+)
+rates = st.one_of(
+    st.floats(0.01, 2000.0, allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.1, 1.0, 1.5, 3.0, 10.0, 1 / 3]),
+)
+tier = st.tuples(rates, st.integers(1, 40))  # (rate_per_s, burst)
+endpoint_numbers = st.one_of(st.none(), rates)
+quotas = st.one_of(st.none(), st.integers(0, 80))
+
+
+@settings(deadline=None, max_examples=150)
+@given(
+    steps=steps,
+    tiers=st.lists(st.tuples(tier, tier), min_size=3, max_size=3),
+    endpoint_rates=st.lists(endpoint_numbers, min_size=3, max_size=3),
+    day_quotas=st.lists(quotas, min_size=3, max_size=3),
+    global_tier=tier,
+    start_before_midnight_us=st.integers(0, 30 * UT),
+)
+def test_script_decides_like_the_model(
+    redis_server: RedisServer,
+    *,
+    steps: list[Step],
+    tiers: list[tuple[tuple[float, int], tuple[float, int]]],
+    endpoint_rates: list[float | None],
+    day_quotas: list[int | None],
+    global_tier: tuple[float, int],
+    start_before_midnight_us: int,
+) -> None:
+    model = ReferenceModel()
+    customers = [fresh_id() for _ in range(3)]
+    global_key = b"{g:%s}:b" % fresh_id()
+    now = (T0 // DAY_US + 1) * DAY_US - start_before_midnight_us  # day boundaries get crossed
+    with redis_server.client() as client:
+        for step in steps:
+            now += step.advance_us
+            if step.is_global:
+                g = GlobalRequest(
+                    rate_per_s=global_tier[0], burst=global_tier[1], shadow=bool(step.shadow)
+                )
+                got = run_global(client, g, now, global_key)
+                assert got == model.decide_global(g, now, global_key), step
+                continue
+            rate, burst = tiers[step.customer][step.variant]
+            request = CustomerRequest(
+                customer_id=customers[step.customer],
+                endpoint=b"ep%d" % step.endpoint,
+                cost=step.cost,
+                rate_per_s=rate,
+                burst=burst,
+                endpoint_rate_per_s=endpoint_rates[step.endpoint],
+                daily_quota=day_quotas[step.customer],
+                shadow=step.shadow,
+            )
+            assert run(client, request, now) == model.decide(request, now), step
+        # ... and the state left behind is the model's, to the micro-token
+        for key, (tokens, stamp) in model.buckets.items():
+            kind, cid, *rest = key
+            if kind == "g":
+                rkey = global_key
+            else:
+                assert isinstance(cid, bytes)
+                endpoint = rest[0] if rest else b""
+                assert isinstance(endpoint, bytes)
+                bucket, endpoint_key, _ = customer_keys(cid, endpoint)
+                rkey = bucket if kind == "b" else endpoint_key
+            assert isinstance(rkey, bytes)
+            assert client.hgetall(rkey) == {b"t": b"%d" % tokens, b"ts": b"%d" % stamp}
+        for (_, cid, day), used in model.used.items():
+            assert isinstance(cid, bytes) and isinstance(day, int)
+            assert client.get(quota_key(cid, day)) == b"%d" % used
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    rate=rates,
+    burst=st.integers(1, 40),
+    endpoint_rate=endpoint_numbers,
+    quota=quotas,
+    cost=st.integers(1, 6),
+    calls=st.integers(1, 60),
+    spacing_us=st.integers(0, 300_000),
+)
+def test_retry_after_is_enough(
+    *,
+    rate: float,
+    burst: int,
+    endpoint_rate: float | None,
+    quota: int | None,
+    cost: int,
+    calls: int,
+    spacing_us: int,
+) -> None:
+    """Model only: a refused request, retried alone after ``retry_after``, is allowed."""
+    model = ReferenceModel()
+    request = req(
+        rate_per_s=rate, burst=burst, endpoint_rate_per_s=endpoint_rate,
+        daily_quota=quota, cost=cost,
+    )  # fmt: skip
+    now = T0
+    for _ in range(calls):
+        decision = model.decide(request, now)
+        if not decision.allowed:
+            if decision.retry_after_ms is None:
+                assert cost > burst or (quota is not None and cost > quota)
+                return
+            assert decision.retry_after_ms > 0
+            retried = model.decide(request, now + decision.retry_after_ms * 1000)
+            assert retried.allowed, (decision, retried)
+            return
+        now += spacing_us
+
+
+# ---------------------------------------------------------------------------- exactness
+
+
+def test_burst_then_rate_is_admitted(pair: Pair) -> None:
+    request = req(rate_per_s=10.0, burst=20)
+    admitted = sum(pair.decide(request, T0).allowed for _ in range(50))
+    assert admitted == 20
+    now = T0
+    for _ in range(5000):  # 5 s in 1 ms steps
+        now += 1000
+        admitted += pair.decide(request, now).allowed
+    assert admitted == 20 + 10 * 5  # exact; the brief allows 1 token of error
+
+
+def test_fractional_rate_does_not_starve_under_hammering(pair: Pair) -> None:
+    """Refusals write nothing, so the floor() of a tiny refill is never lost."""
+    request = req(rate_per_s=0.001, burst=1)
+    assert pair.decide(request, T0).allowed
+    now, admitted = T0, 1
+    while now < T0 + 3000 * UT:  # 3000 s at one call per 100 ms: 3 more tokens
+        now += 100_000
+        admitted += pair.decide(request, now).allowed
+    assert admitted == 4
+
+
+def test_cost_weight_takes_from_bucket_and_quota_not_endpoint(pair: Pair) -> None:
+    request = req(cost=3, rate_per_s=1.0, burst=10, endpoint_rate_per_s=5.0, daily_quota=100)
+    for _ in range(3):
+        assert pair.decide(request, T0).allowed
+    refused = pair.decide(request, T0)
+    assert refused.level is Level.CUSTOMER and refused.error_code == "rate_limited"
+    assert refused.retry_after_ms == 2000  # (3 - 1) tokens / 1 per s
+    assert refused.retry_after_s == 2
+    assert (refused.limit, refused.remaining) == (10, 1)
+    day = T0 // DAY_US
+    assert pair.client.get(quota_key(b"c1", day)) == b"9"  # 3 calls x cost 3
+    bucket, endpoint, _ = customer_keys(b"c1", b"CreateVM")
+    assert pair.client.hget(bucket, "t") == b"%d" % UT  # 10 - 9 tokens
+    assert pair.client.hget(endpoint, "t") == b"%d" % (2 * UT)  # 5 - 3 calls
+
+
+def test_cost_above_burst_is_never_allowed(pair: Pair) -> None:
+    decision = pair.decide(req(cost=11, rate_per_s=100.0, burst=10), T0)
+    assert decision.level is Level.CUSTOMER and decision.retry_after_ms is None
+    assert pair.client.keys("*") == []  # a refusal writes nothing
+
+
+def test_endpoint_bucket_refuses_and_takes_nothing_elsewhere(pair: Pair) -> None:
+    request = req(rate_per_s=100.0, burst=100, endpoint_rate_per_s=2.5, daily_quota=1000)
+    assert request.endpoint_burst == 3 == endpoint_burst(2.5)
+    for _ in range(3):
+        assert pair.decide(request, T0).allowed
+    refused = pair.decide(request, T0)
+    assert refused.level is Level.ENDPOINT and refused.retry_after_ms == 400  # 1 / 2.5 s
+    bucket, _, _ = customer_keys(b"c1", b"CreateVM")
+    assert pair.client.hget(bucket, "t") == b"%d" % (97 * UT)
+    assert pair.client.get(quota_key(b"c1", T0 // DAY_US)) == b"3"
+    other = pair.decide(replace(request, endpoint=b"ListVMs"), T0)  # its own endpoint bucket
+    assert other.allowed
+
+
+def test_daily_quota_is_exact_and_resets_at_utc_midnight(pair: Pair) -> None:
+    day = T0 // DAY_US
+    midnight = (day + 1) * DAY_US
+    request = req(rate_per_s=1000.0, burst=1000, daily_quota=5, cost=1)
+    before = midnight - 100_000  # 23:59:59.900
+    assert [pair.decide(request, before).allowed for _ in range(6)] == [True] * 5 + [False]
+    refused = pair.decide(request, midnight - 1)
+    assert refused.level is Level.QUOTA and refused.error_code == "quota_exceeded"
+    assert refused.retry_after_ms == 1  # ceil(1 µs)
+    assert (refused.header_level, refused.limit, refused.remaining) == (Level.QUOTA, 5, 0)
+    fresh = pair.decide(request, midnight)  # 00:00:00.000 UTC: a new day
+    assert fresh.allowed and fresh.header_level is Level.QUOTA and fresh.remaining == 4
+    assert fresh.reset_ms == 86_400_000
+    assert pair.client.get(quota_key(b"c1", day)) == b"5"
+    assert pair.client.get(quota_key(b"c1", day + 1)) == b"1"
+
+
+def test_quota_of_zero_and_cost_above_quota(pair: Pair) -> None:
+    zero = pair.decide(req(rate_per_s=1.0, burst=5, daily_quota=0), T0)
+    assert zero.level is Level.QUOTA and zero.retry_after_ms is None
+    above = pair.decide(req(rate_per_s=1.0, burst=5, daily_quota=2, cost=3), T0)
+    assert above.level is Level.QUOTA and above.retry_after_ms is None
+
+
+def test_clock_going_backwards_adds_nothing(pair: Pair) -> None:
+    request = req(rate_per_s=1.0, burst=2)
+    bucket, _, _ = customer_keys(b"c1", b"CreateVM")
+    assert pair.decide(request, T0 + 10 * UT).allowed
+    assert pair.decide(request, T0 + 10 * UT).allowed
+    back = pair.decide(request, T0)  # 10 s earlier: no refill, and no negative one either
+    assert not back.allowed and back.retry_after_ms == 11_000  # measured from the stamp
+    assert pair.client.hgetall(bucket) == {b"t": b"0", b"ts": b"%d" % (T0 + 10 * UT)}
+    assert not pair.decide(request, T0 + 10 * UT + 999_999).allowed
+    assert pair.decide(request, T0 + 11 * UT).allowed
+
+
+def test_most_refusing_level_is_reported_with_the_longest_wait(pair: Pair) -> None:
+    request = req(rate_per_s=1.0, burst=1, daily_quota=1, endpoint_rate_per_s=1.0)
+    assert pair.decide(request, T0).allowed
+    refused = pair.decide(request, T0)
+    assert refused.would_refuse == 0b111
+    assert refused.refusing_levels == (Level.CUSTOMER, Level.ENDPOINT, Level.QUOTA)
+    assert refused.level is Level.QUOTA  # until midnight beats 1 s
+    assert refused.retry_after_ms == math.ceil(((T0 // DAY_US + 1) * DAY_US - T0) / 1000)
+
+
+def test_headers_describe_the_tightest_level(pair: Pair) -> None:
+    request = req(rate_per_s=10.0, burst=20, endpoint_rate_per_s=2.0, daily_quota=1000)
+    first = pair.decide(request, T0)
+    assert (first.header_level, first.limit, first.remaining) == (Level.ENDPOINT, 2, 1)
+    assert first.reset_ms == 500  # 1 call / 2 per s until full again
+    bare = pair.decide(replace(request, customer_id=b"c2", endpoint_rate_per_s=None), T0)
+    assert (bare.header_level, bare.limit, bare.remaining, bare.reset_ms) == (
+        Level.CUSTOMER, 20, 19, 100,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- shadow
+
+
+def test_shadow_everything_allows_and_evolves_like_enforcing(pair: Pair) -> None:
+    shadow = req(customer_id=b"s", rate_per_s=2.0, burst=3, daily_quota=4, shadow=SHADOW_ALL)
+    enforced = replace(shadow, customer_id=b"e", shadow=0)
+    now = T0
+    for _ in range(20):
+        s, e = pair.decide(shadow, now), pair.decide(enforced, now)
+        assert s.allowed
+        assert s.would_refuse == e.would_refuse and s.retry_after_ms == e.retry_after_ms
+        assert s.header_level is Level.NONE  # shadow levels are not advertised
+        now += 100_000
+    for suffix in (b":b", b":q:%d" % (T0 // DAY_US)):
+        values = [pair.client.dump(b"{c:%s}%s" % (c, suffix)) for c in (b"s", b"e")]
+        assert values[0] == values[1]
+
+
+def test_shadow_quota_lets_enforced_levels_take(pair: Pair) -> None:
+    request = req(rate_per_s=100.0, burst=10, daily_quota=2, shadow=Level.QUOTA.bit)
+    results = [pair.decide(request, T0) for _ in range(5)]
+    assert all(d.allowed for d in results)
+    assert [d.would_refuse for d in results] == [0, 0, 4, 4, 4]
+    assert results[2].retry_after_ms is not None and results[2].retry_after_ms > 0
+    bucket, _, _ = customer_keys(b"c1", b"CreateVM")
+    assert pair.client.hget(bucket, "t") == b"%d" % (5 * UT)  # the enforced bucket took 5
+    assert pair.client.get(quota_key(b"c1", T0 // DAY_US)) == b"2"  # not more than allowed
+
+
+def test_shadow_global(client: redis.Redis) -> None:
+    model = ReferenceModel()
+    request = GlobalRequest(rate_per_s=1.0, burst=1, shadow=True)
+    decisions = [run_global(client, request, T0) for _ in range(2)]
+    assert decisions == [model.decide_global(request, T0, GLOBAL_KEY) for _ in range(2)]
+    assert decisions[1].allowed and decisions[1].would_refuse == Level.GLOBAL.bit
+    enforced = run_global(client, replace(request, shadow=False), T0)
+    assert enforced.level is Level.GLOBAL and enforced.retry_after_ms == 1000
+
+
+# -------------------------------------------------------------------- Redis mechanics
+
+
+def test_without_the_hook_the_clock_is_redis_time(client: redis.Redis) -> None:
+    def redis_now_us() -> int:
+        seconds, micros = client.time()
+        return seconds * UT + micros
+
+    request = req(rate_per_s=1.0, burst=5, daily_quota=10)
+    before = redis_now_us()
+    decision = run(client, request, None)
+    after = redis_now_us()
+    assert before <= decision.now_us <= after
+    bucket, _, _ = customer_keys(b"c1", b"CreateVM")
+    assert client.hget(bucket, "ts") == b"%d" % decision.now_us
+    assert client.get(quota_key(b"c1", decision.now_us // DAY_US)) == b"1"
+    assert customer_argv(request)[-1] == b"0"  # production ARGV: no clock of ours
+    g = run_global(client, GlobalRequest(rate_per_s=1.0, burst=1), None)
+    assert decision.now_us <= g.now_us <= redis_now_us()
+
+
+def test_every_key_has_a_ttl(pair: Pair) -> None:
+    rate, burst = 2.0, 10
+    request = req(rate_per_s=rate, burst=burst, endpoint_rate_per_s=1.0, daily_quota=50, cost=4)
+    now = (T0 // DAY_US + 1) * DAY_US - 3600 * UT  # 23:00 UTC
+    pair.decide(request, now)
+    run_global(pair.client, GlobalRequest(rate_per_s=5.0, burst=5), now)
+    keys = sorted(pair.client.keys("*"))
+    assert len(keys) == 4
+    bucket, endpoint, _ = customer_keys(b"c1", b"CreateVM")
+    # TTL = time to refill to full + 5 s; quota: time to 00:00 UTC + 60 s (from the hook clock)
+    bounds = {
+        bucket: 4 / rate * 1000 + 5000,
+        endpoint: 1 / 1.0 * 1000 + 5000,
+        quota_key(b"c1", now // DAY_US): 3600_000 + 60_000,
+        GLOBAL_KEY: 1 / 5.0 * 1000 + 5000,
+    }
+    assert sorted(bounds) == keys
+    for key, bound in bounds.items():
+        assert 0 < pair.client.pttl(key) <= bound, key
+
+
+def test_customer_keys_share_one_cluster_slot(tmp_path: Path) -> None:
+    keys = [*customer_keys(b"cust-9", b"CreateVM"), quota_key(b"cust-9", 19_675)]
+    keys.append(customer_keys(b"cust-9", b"ListVMs")[1])
+    slots = {key_slot(k) for k in keys}
+    assert len(slots) == 1
+    assert key_slot(GLOBAL_KEY) not in slots
+    with running_redis(cluster=True) as server:
+        with server.client() as plain:
+            assert {plain.execute_command("CLUSTER", "KEYSLOT", k) for k in keys} == slots
+        cluster = redis.cluster.RedisCluster(host=server.host, port=server.port)
+        try:
+            request = req(customer_id=b"cust-9", rate_per_s=1.0, burst=2, daily_quota=3)
+            d = decode_reply(
+                evalsha_or_load(
+                    cluster,
+                    CUSTOMER,
+                    customer_keys(b"cust-9", b"CreateVM"),
+                    customer_argv(request, now_us=T0),
+                )
+            )
+            assert d == ReferenceModel().decide(request, T0)
+            g = GlobalRequest(rate_per_s=1.0, burst=1)
+            reply = evalsha_or_load(cluster, GLOBAL, [GLOBAL_KEY], global_argv(g, now_us=T0))
+            assert decode_reply(reply).allowed
+        finally:
+            cluster.close()
+
+
+def test_noscript_is_recovered_after_script_flush(client: redis.Redis) -> None:
+    request = req(rate_per_s=1.0, burst=3)
+    assert run(client, request, T0).remaining == 2
+    client.script_flush()
+    assert client.script_exists(CUSTOMER.sha1, GLOBAL.sha1) == [False, False]
+    assert run(client, request, T0).remaining == 1  # EVAL after NOSCRIPT: state intact
+    assert client.script_exists(CUSTOMER.sha1) == [True]  # and cached again
+    assert client.script_load(CUSTOMER.source) == CUSTOMER.sha1
+    assert client.script_load(GLOBAL.source) == GLOBAL.sha1
+
+
+def test_both_scripts_in_one_pipelined_round_trip(client: redis.Redis) -> None:
+    client.script_load(CUSTOMER.source)
+    client.script_load(GLOBAL.source)
+    request = req(rate_per_s=1.0, burst=3)
+    keys = customer_keys(b"c1", b"CreateVM")
+    with client.pipeline(transaction=False) as pipe:
+        pipe.evalsha(
+            GLOBAL.sha1, 1, GLOBAL_KEY, *global_argv(GlobalRequest(rate_per_s=9.0, burst=9))
+        )
+        pipe.evalsha(CUSTOMER.sha1, len(keys), *keys, *customer_argv(request))
+        global_reply, customer_reply = pipe.execute()
+    assert decode_reply(global_reply).allowed and decode_reply(customer_reply).allowed
+
+
+def test_both_scripts_share_the_bucket_code() -> None:
+    def block(source: bytes) -> bytes:
+        match = re.search(rb"-- BEGIN bucket.*?-- END bucket", source, re.DOTALL)
+        assert match is not None
+        return match.group(0)
+
+    assert block(CUSTOMER.source) == block(GLOBAL.source)
+
+
+# ----------------------------------------------------------------------- types at the edge
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"cost": 0},
+        {"burst": 0},
+        {"rate_per_s": 0.0},
+        {"rate_per_s": math.nan},
+        {"rate_per_s": math.inf},
+        {"endpoint_rate_per_s": -1.0},
+        {"daily_quota": -1},
+        {"shadow": 16},
+        {"burst": 2.5},
+        {"burst": 10**10},
+    ],
+)
+def test_requests_out_of_range_are_refused(kw: dict[str, object]) -> None:
+    numbers: dict[str, object] = {"rate_per_s": 1.0, "burst": 1}
+    with pytest.raises(ValueError):
+        req(**{**numbers, **kw})
+
+
+@pytest.mark.parametrize(
+    "reply", [[], [0] * 7, [0] * 9, [0, 0, 0, 0, 0, 0, 0, b"1"], [9, 0, 0, 0, 0, 0, 0, 0]]
+)
+def test_decode_refuses_other_layouts(reply: list[object]) -> None:
+    with pytest.raises(ValueError):
+        decode_reply(reply)
+
+
+def test_decode_reads_never_and_seconds() -> None:
+    d = decode_reply([3, 4, -1, 3, 10, 0, 1001, T0])
+    assert d.retry_after_ms is None and d.retry_after_s is None and d.reset_s == 2
+    assert d.error_code == "quota_exceeded" and not d.allowed
