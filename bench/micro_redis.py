@@ -4,8 +4,14 @@ What it measures: the CPU time *this* process spends per ``EVALSHA`` of a small 
 shaped like a rate-limit check (``TIME``, ``INCRBY``, ``PEXPIRE``; keys ``{c:<n>}:x`` over 300
 customers), i.e. ``time.process_time()`` around a batch of ``--calls`` commands divided by the
 calls. The redis-server runs in its own process, so its work is not counted; the figure is the
-client's encode, syscalls, parse and scheduling cost, which is what a gateway worker pays. Wall
-time per command is reported beside it (latency-bound at one in flight, throughput-bound at 16).
+client's encode, syscalls, parse and scheduling cost, which is what a gateway worker pays. The
+kernel's part of it (``getrusage`` system time) and the wall time per command are reported beside
+it (wall is latency-bound at one in flight, throughput-bound at 16).
+
+Reading it: at one in flight the loop goes idle between commands, so every command also pays an
+epoll sleep and wake-up, which on a VM costs more when the client and redis-server sit on
+different vCPUs; that part swings from run to run (see the sys column and the minimum). The
+16-in-flight rows are the hot-path figure for a loaded gateway, whose loop is never idle.
 
 Clients (all on uvloop), each over the unix socket and over TCP 127.0.0.1:
 
@@ -39,6 +45,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -209,6 +216,7 @@ class Row:
     transport: str
     cpu_us: list[float] = field(default_factory=list)
     wall_us: list[float] = field(default_factory=list)
+    sys_us: list[float] = field(default_factory=list)  # the kernel's part of cpu_us
     checked_calls: int = 0
 
     @property
@@ -223,19 +231,24 @@ class Endpoints:
     port: int
 
 
-async def _open_clients(ends: Endpoints, stack: contextlib.AsyncExitStack,
-                        notes: list[str]) -> dict[tuple[str, str], Any]:
+async def _open_clients(
+    ends: Endpoints, stack: contextlib.AsyncExitStack, notes: list[str]
+) -> dict[tuple[str, str], Any]:
     clients: dict[tuple[str, str], Any] = {}
     for transport in ("unix", "tcp"):
         where: dict[str, Any] = (
-            {"unix_socket_path": ends.unix_path} if transport == "unix"
+            {"unix_socket_path": ends.unix_path}
+            if transport == "unix"
             else {"host": ends.host, "port": ends.port}
         )
         r = redis.asyncio.Redis(**where, max_connections=4 * IN_FLIGHT)
         stack.push_async_callback(r.aclose)
         clients["redis-py", transport] = r
-        thin = await (ThinRedis.connect_unix(ends.unix_path) if transport == "unix"
-                      else ThinRedis.connect_tcp(ends.host, ends.port))
+        thin = await (
+            ThinRedis.connect_unix(ends.unix_path)
+            if transport == "unix"
+            else ThinRedis.connect_tcp(ends.host, ends.port)
+        )
         stack.push_async_callback(thin.aclose)
         clients["thin", transport] = thin
     try:
@@ -245,21 +258,34 @@ async def _open_clients(ends: Endpoints, stack: contextlib.AsyncExitStack,
         return clients
     notes.append(f"coredis {coredis.__version__}")
     for transport in ("unix", "tcp"):
-        where = ({"unix_socket_path": ends.unix_path, "host": None, "port": None}
-                 if transport == "unix" else {"host": ends.host, "port": ends.port})
+        where = (
+            {"unix_socket_path": ends.unix_path, "host": None, "port": None}
+            if transport == "unix"
+            else {"host": ends.host, "port": ends.port}
+        )
         clients["coredis", transport] = await stack.enter_async_context(coredis.Redis(**where))
     return clients
 
 
-async def _batch(row: Row, runner: Runner, client: Any, sha: bytes, commands: Commands,
-                 checker: Any, record: bool) -> None:
+async def _batch(
+    row: Row,
+    runner: Runner,
+    client: Any,
+    sha: bytes,
+    commands: Commands,
+    *,
+    checker: Any,
+    record: bool,
+) -> None:
     before_values = await checker.mget(KEYS)
     before = {k: int(v) for k, v in zip(KEYS, before_values, strict=True) if v is not None}
     out: list[Any] = []
     gc.collect()
+    sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     wall0, cpu0 = time.perf_counter(), time.process_time()
     await runner(client, sha, commands, out)
     cpu1, wall1 = time.process_time(), time.perf_counter()
+    sys1 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     try:
         check_replies(commands, out, before)
     except BenchError as exc:
@@ -268,10 +294,12 @@ async def _batch(row: Row, runner: Runner, client: Any, sha: bytes, commands: Co
     if record:
         row.cpu_us.append((cpu1 - cpu0) * 1e6 / len(commands))
         row.wall_us.append((wall1 - wall0) * 1e6 / len(commands))
+        row.sys_us.append((sys1 - sys0) * 1e6 / len(commands))
 
 
-async def run_async(ends: Endpoints, calls: int, repeats: int,
-                    warmup_calls: int = WARMUP_CALLS) -> tuple[list[Row], list[str]]:
+async def run_async(
+    ends: Endpoints, calls: int, repeats: int, warmup_calls: int = WARMUP_CALLS
+) -> tuple[list[Row], list[str]]:
     notes: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
         clients = await _open_clients(ends, stack, notes)
@@ -285,16 +313,17 @@ async def run_async(ends: Endpoints, calls: int, repeats: int,
         ]
         warmup, commands = make_commands(warmup_calls), make_commands(calls)
         for row, runner, client in plan:
-            await _batch(row, runner, client, sha, warmup, checker, record=False)
+            await _batch(row, runner, client, sha, warmup, checker=checker, record=False)
         for repeat in range(repeats):
             shift = repeat % len(plan)
             for row, runner, client in plan[shift:] + plan[:shift]:
-                await _batch(row, runner, client, sha, commands, checker, record=True)
+                await _batch(row, runner, client, sha, commands, checker=checker, record=True)
     return [row for row, _, _ in plan], notes
 
 
-def run(ends: Endpoints, calls: int, repeats: int,
-        warmup_calls: int = WARMUP_CALLS) -> tuple[list[Row], list[str]]:
+def run(
+    ends: Endpoints, calls: int, repeats: int, warmup_calls: int = WARMUP_CALLS
+) -> tuple[list[Row], list[str]]:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(run_async(ends, calls, repeats, warmup_calls))
 
@@ -307,8 +336,8 @@ def own_redis_server() -> Any:
         sys.exit("redis-server is not on PATH (apt-get install -y redis-server)")
     directory = Path(tempfile.mkdtemp(prefix="fastgw-mredis-"))
     ends = Endpoints(str(directory / "redis.sock"), "127.0.0.1", free_port())
-    argv = [binary, "--port", str(ends.port), "--bind", ends.host, "--unixsocket",
-            ends.unix_path, "--save", "", "--appendonly", "no", "--dir", str(directory)]
+    argv = [binary, "--port", str(ends.port), "--bind", ends.host, "--dir", str(directory),
+            "--unixsocket", ends.unix_path, "--save", "", "--appendonly", "no"]  # fmt: skip
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -331,11 +360,14 @@ def own_redis_server() -> Any:
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
-                            check=False).stdout.split()
+    server = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split()
     return {
-        "python": platform.python_version(), "cpus": str(os.cpu_count()),
-        "redis-py": redis.__version__, "hiredis": version("hiredis"),
+        "python": platform.python_version(),
+        "cpus": str(os.cpu_count()),
+        "redis-py": redis.__version__,
+        "hiredis": version("hiredis"),
         "uvloop": uvloop.__version__,
         "redis-server": next((w[2:] for w in server if w.startswith("v=")), "?"),
         "redis-py parser": "hiredis" if redis.utils.HIREDIS_AVAILABLE else "python",
@@ -345,8 +377,8 @@ def versions() -> dict[str, str]:
 def table(rows: Sequence[Row]) -> str:
     lines = [
         "| client | mode | in flight | transport | CPU µs/cmd median | CPU min | "
-        "wall µs/cmd median | wall min |",
-        "|---|---|---:|---|---:|---:|---:|---:|",
+        "of it sys | wall µs/cmd median | wall min |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if not row.cpu_us:
@@ -354,14 +386,16 @@ def table(rows: Sequence[Row]) -> str:
         lines.append(
             f"| {row.client} | {row.mode} | {row.in_flight} | {row.transport} "
             f"| {statistics.median(row.cpu_us):.1f} | {min(row.cpu_us):.1f} "
+            f"| {statistics.median(row.sys_us):.1f} "
             f"| {statistics.median(row.wall_us):.1f} | {min(row.wall_us):.1f} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=4000, help="commands per batch")
     parser.add_argument("--repeats", type=int, default=7, help="batches per configuration")
     parser.add_argument("--json", type=Path, help="also write rows and settings here")
@@ -378,19 +412,33 @@ def main(argv: Sequence[str] | None = None) -> None:
             ends = stack.enter_context(own_redis_server())
         rows, notes = run(ends, args.calls, args.repeats)
     meta = versions()
-    print(f"EVALSHA rate-limit stand-in, {args.calls} calls x {args.repeats} repeats "
-          f"(interleaved), gateway-process CPU; " + ", ".join(f"{k} {v}" for k, v in meta.items()))
+    print(
+        f"EVALSHA rate-limit stand-in, {args.calls} calls x {args.repeats} repeats "
+        f"(interleaved), gateway-process CPU; " + ", ".join(f"{k} {v}" for k, v in meta.items())
+    )
     for note in notes:
         print(f"note: {note}")
     print()
     print(table(rows))
     if args.json:
-        args.json.write_text(json.dumps({
-            "settings": {"calls": args.calls, "repeats": args.repeats, "in_flight": IN_FLIGHT,
-                         "customers": CUSTOMERS, "script": SCRIPT},
-            "versions": meta, "notes": notes,
-            "rows": [asdict(row) | {"name": row.name} for row in rows],
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "settings": {
+                        "calls": args.calls,
+                        "repeats": args.repeats,
+                        "in_flight": IN_FLIGHT,
+                        "customers": CUSTOMERS,
+                        "script": SCRIPT,
+                    },
+                    "versions": meta,
+                    "notes": notes,
+                    "rows": [asdict(row) | {"name": row.name} for row in rows],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

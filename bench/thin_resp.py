@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 
@@ -40,8 +40,16 @@ _pack_command = hiredis.pack_command
 class RespProtocol(asyncio.Protocol):
     """One Redis connection: coalesced writes, in-order replies to callbacks."""
 
-    __slots__ = ("_closed_exc", "_flush_pending", "_loop", "_out", "_pending", "_reader",
-                 "_transport", "closed")
+    __slots__ = (
+        "_closed_exc",
+        "_flush_pending",
+        "_loop",
+        "_out",
+        "_pending",
+        "_reader",
+        "_transport",
+        "closed",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -56,8 +64,7 @@ class RespProtocol(asyncio.Protocol):
     # -- asyncio callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
         # HOT PATH: no await; one feed, then every complete reply to its callback in order.
