@@ -48,6 +48,9 @@ __all__ = [
 ]
 
 
+INCLUDE: Final = b"--@include "
+
+
 @dataclass(frozen=True, slots=True)
 class LuaScript:
     """A script's source and the SHA1 that EVALSHA names it by."""
@@ -58,7 +61,15 @@ class LuaScript:
 
     @classmethod
     def from_package(cls, name: str) -> LuaScript:
-        source = files(__package__).joinpath(name).read_bytes()
+        """The script ``name`` with each ``--@include <file>`` line replaced by that file."""
+        package = files(__package__)
+        lines = package.joinpath(name).read_bytes().splitlines(keepends=True)
+        source = b"".join(
+            package.joinpath(line.split()[1].decode()).read_bytes()
+            if line.startswith(INCLUDE)
+            else line
+            for line in lines
+        )
         return cls(name, source, sha1(source).hexdigest())
 
 
