@@ -49,7 +49,6 @@ class AuthService:
                 self.keys,
                 frozenset(config.rate_limits.customer_tiers),
                 config.rate_limits.default_tier,
-                revocations=self.revocations,
             )
         )
         dev = auth.development

@@ -4,9 +4,9 @@ Order, and why: split the compact JWS (shape, strict base64url, header JSON) →
 by ``kid`` (an unknown kid asks the key source for one rate-limited refetch, and this request
 is refused: keys are never fetched on a request's path) → the token's ``alg`` must be that
 key's one algorithm (RFC 8725 §3.1: the algorithm is ours, never the token's; HS/RS confusion
-and ``none`` die here) → signature → only now the payload JSON → registered claims →
-revocation → customer claims. Every failure, whatever raised it, is a TokenError: a 401,
-never a 5xx.
+and ``none`` die here) → signature → only now the payload JSON → registered claims → customer
+claims. Revocation is the auth stage's check, made on cache hits and misses alike. Every
+failure, whatever raised it, is a TokenError: a 401, never a 5xx.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from fastgw.auth.errors import TokenError
 
 if TYPE_CHECKING:
     from fastgw.auth.keyring import KeyRing
-    from fastgw.auth.revocation import RevocationList
     from fastgw.config.gateway import ClaimNamesConfig, JwtConfig
 
 log = logging.getLogger("fastgw.auth")
@@ -41,12 +40,6 @@ class Keys(Protocol):
     def unknown_kid(self, kid: str | None) -> None: ...
 
 
-class Revocations(Protocol):
-    """What the verifier needs from the revocation mirror (``revocation.RevocationPoller``)."""
-
-    revoked: RevocationList
-
-
 class TokenVerifier:
     """Full verification of one token; built once per worker from the JWT configuration."""
 
@@ -58,7 +51,6 @@ class TokenVerifier:
         "_keys",
         "_logged_at",
         "_names",
-        "_revocations",
         "_rules",
         "_tiers",
     )
@@ -70,7 +62,6 @@ class TokenVerifier:
         tiers: frozenset[str],
         default_tier: str,
         *,
-        revocations: Revocations | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
@@ -80,7 +71,6 @@ class TokenVerifier:
         self._names: ClaimNamesConfig = jwt.claims
         self._tiers = tiers
         self._default_tier = default_tier
-        self._revocations = revocations
         self._cache_ttl_s = jwt.cache_ttl_s
         self._clock = clock
         self._headers: dict[bytes, jws.Header] = {}
@@ -108,11 +98,6 @@ class TokenVerifier:
         except Exception:  # a claim shape no rule foresaw: refuse, and say so in the log
             self._log_unexpected("reading a verified token's claims")
             raise TokenError("unreadable claims") from None
-        revocations = self._revocations
-        if revocations is not None and revocations.revoked.revoked(
-            context.jti, context.customer_id, context.iat
-        ):
-            raise TokenError("token revoked")
         return context
 
     def _verified(self, token: bytes, now: float) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from fastgw.auth.context import CustomerContext, development_context
 from fastgw.auth.errors import TokenError
@@ -23,12 +23,19 @@ from fastgw.pipeline import CONTINUE, RESPOND
 
 if TYPE_CHECKING:
     from fastgw.auth.cache import TokenCache
+    from fastgw.auth.revocation import RevocationList
     from fastgw.auth.sources import TokenReader
-    from fastgw.auth.verifier import Revocations, TokenVerifier
+    from fastgw.auth.verifier import TokenVerifier
     from fastgw.exchange import Exchange
     from fastgw.replies import ReplyTable
 
 _CUSTOMER_ID: Final = re.compile(CUSTOMER_ID_PATTERN.encode("ascii"))
+
+
+class Revocations(Protocol):
+    """What the stage needs from the revocation mirror (``revocation.RevocationPoller``)."""
+
+    revoked: RevocationList
 
 
 class AuthCounts:
@@ -98,17 +105,15 @@ class Authenticate:
         if prefix is not None and token.startswith(prefix):
             return self._development(ex, token, prefix)
         context = self._cache.get(token, self._clock())
-        if context is not None:
-            revocations = self._revocations
-            if revocations is not None:
-                listed = revocations.revoked  # replaced whole by the poller: read it once
-                if not listed.empty and listed.revoked(
-                    context.jti, context.customer_id, context.iat
-                ):
-                    return self._refuse(ex, "invalid")
-            self.counts.cached += 1
-            ex.customer = context
-            return CONTINUE
+        if context is None:
+            return self._verify(ex, token)
+        if self._is_revoked(context):
+            return self._refuse(ex, "invalid")
+        self.counts.cached += 1
+        ex.customer = context
+        return CONTINUE
+
+    def _verify(self, ex: Exchange, token: bytes) -> int:
         verifier = self._verifier
         if verifier is None:  # no key source and no HS secret: only dev tokens could pass
             return self._refuse(ex, "invalid")
@@ -116,10 +121,20 @@ class Authenticate:
             context = verifier.verify(token)
         except TokenError as exc:
             return self._refuse(ex, exc.result)
+        if self._is_revoked(context):
+            return self._refuse(ex, "invalid")  # not cached: a hit would check again anyway
         self._cache.put(token, context)
         self.counts.ok += 1
         ex.customer = context
         return CONTINUE
+
+    def _is_revoked(self, context: CustomerContext) -> bool:
+        """Whether the revocation list (hits and misses alike) names this token or customer."""
+        revocations = self._revocations
+        if revocations is None:
+            return False
+        listed = revocations.revoked  # the poller replaces it whole: read it once
+        return not listed.empty and listed.revoked(context.jti, context.customer_id, context.iat)
 
     def _development(self, ex: Exchange, token: bytes, prefix: bytes) -> int:
         context = self._dev.get(token)

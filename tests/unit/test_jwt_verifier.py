@@ -426,29 +426,6 @@ def test_unhashable_tier_claim_is_a_token_error(tier: object) -> None:
         make_verifier(pem_keys(m)).verify(m.valid(tier=tier))
 
 
-def test_revoked_token_is_refused() -> None:
-    m = material()
-    calls: list[tuple[object, ...]] = []
-
-    def revoked(jti: str | None, customer_id: bytes, iat: float | None) -> bool:
-        calls.append((jti, customer_id, iat))
-        return jti == "jti-revoked"
-
-    revocations = SimpleNamespace(revoked=SimpleNamespace(revoked=revoked))
-    verifier = TokenVerifier(
-        jwt_config(), pem_keys(m), ja.TIERS, ja.DEFAULT_TIER,
-        revocations=revocations, clock=lambda: NOW,  # type: ignore[arg-type]
-    )  # fmt: skip
-    verifier.verify(m.valid())
-    with pytest.raises(TokenError) as info:
-        verifier.verify(m.valid(jti="jti-revoked"))
-    assert info.value.result == INVALID
-    assert calls == [
-        ("jti-0001", ja.CUSTOMER.encode(), NOW - 10),
-        ("jti-revoked", ja.CUSTOMER.encode(), NOW - 10),
-    ]
-
-
 def test_configured_required_claim_present_as_null_is_missing() -> None:
     """``required_claims: [exp, tenant]``: pyjwt's ``require`` counts a null claim as missing."""
     m = material()
