@@ -203,11 +203,12 @@ def start_peer(name: str, services: Services, workdir: Path, backends: Sequence[
     raise BenchError(f"unknown peer {name!r} (known: {', '.join(PEERS)})")
 
 
-def get(port: int, path: str, timeout_s: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    """One GET on a fresh connection: (status, headers, body)."""
+def get(port: int, path: str, timeout_s: float = 5.0,
+        headers: Sequence[tuple[str, str]] = ()) -> tuple[int, dict[str, str], bytes]:
+    """One GET on a fresh connection with ``headers`` added: (status, headers, body)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=dict(headers))
         response = conn.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:

@@ -39,7 +39,7 @@ from bench.procs import (
 )
 from bench.progress import RunProgress
 from bench.report import median, now_iso
-from bench.scenarios import HOST, Scenario
+from bench.scenarios import HOST, Headers, Scenario
 from bench.verdict import Targets
 
 SETTLE_S: Final = 1.0  # pause between runs (connections close, TIME_WAIT settles)
@@ -65,11 +65,15 @@ class Options:
     rate: float = 5000.0  # open loop: requests per second offered
     processes: int = 1  # open loop: generator processes
     targets: Targets = dataclasses.field(default_factory=Targets)
+    headers: Headers = ()  # the scenario's request headers (run_load sets them)
 
 
-def request_bytes(path: str, port: int) -> bytes:
-    """The request the open-loop generator sends: what wrk sends for the same URL."""
-    return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode("ascii")
+def request_bytes(path: str, port: int, headers: Headers = ()) -> bytes:
+    """The request the open-loop generator sends: what wrk sends for the same URL and
+    ``-H`` headers."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}:{port}",
+             *(f"{name}: {value}" for name, value in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
 class LoadGenerator:
@@ -86,14 +90,15 @@ class LoadGenerator:
 
             return run_wrk(target.url(opts.path or "/"), duration_s=duration_s,
                            connections=opts.connections, threads=opts.threads,
-                           script_dir=opts.out)
+                           script_dir=opts.out, headers=opts.headers)
         from bench.openloop import Progress, Traffic, run_open_loop
 
         def seen(tick: Progress) -> None:
             self.completed = tick.completed
 
         self.completed = 0
-        traffic = Traffic(HOST, target.port, (request_bytes(opts.path or "/", target.port),))
+        request = request_bytes(opts.path or "/", target.port, opts.headers)
+        traffic = Traffic(HOST, target.port, (request,))
         return run_open_loop(traffic, rate=opts.rate, duration_s=duration_s,
                              connections=opts.connections, processes=opts.processes,
                              progress=seen)
@@ -212,12 +217,14 @@ def ratios(fastgw: dict[str, Any], peer: dict[str, Any], *,
     }
 
 
-def check_targets(targets: Sequence[Target], path: str) -> dict[str, Any]:
-    """One request through every target before measuring: each must answer 200."""
+def check_targets(targets: Sequence[Target], path: str,
+                  request_headers: Headers = ()) -> dict[str, Any]:
+    """One request through every target before measuring, with the scenario's headers (the
+    bearer token): each must answer 200."""
     seen: dict[str, Any] = {}
     for target in targets:
         try:
-            status, headers, body = get(target.port, path)
+            status, headers, body = get(target.port, path, headers=request_headers)
         except OSError as error:
             raise BenchError(f"{target.name}: GET {path} failed: {error}; log "
                              f"{target.service.log_path}:\n{target.service.log_tail()}") from None
@@ -240,12 +247,19 @@ def log_problems(target: Target, limit: int = 30) -> list[str]:
     return [line for line in lines if any(k in line for k in keys)][:limit]
 
 
+def planned_s(opts: Options, targets: int) -> float:
+    """The longest a run of ``targets`` targets should take (for the scenario's token)."""
+    per_target = opts.warmup_s + opts.runs * (opts.duration_s + SETTLE_S)
+    return targets * per_target + 120.0  # starting and probing the services, with room
+
+
 def run_load(scenario: Scenario, opts: Options) -> dict[str, Any]:
     """Every run of one load scenario; its entry in ``results.json``'s ``scenarios``."""
-    assert scenario.gateway_config is not None, "skip_reason() is checked first"
     opts = dataclasses.replace(opts, path=scenario.path if opts.path is None else opts.path)
     opts.out.mkdir(parents=True, exist_ok=True)
     peers = tuple(p for p in opts.peers if p in scenario.peers)
+    prepared = scenario.prepare(opts.out, planned_s(opts, 1 + len(peers)))
+    opts = dataclasses.replace(opts, headers=prepared.headers)
     targets: list[Target] = []
     runs: dict[str, list[dict[str, Any]]] = {}
     profile: dict[str, Any] | None = None
@@ -254,11 +268,11 @@ def run_load(scenario: Scenario, opts: Options) -> dict[str, Any]:
         backends = [start_backend(services, opts.out, name=f"bench-backend-{i + 1}")
                     for i in range(scenario.backends)]
         targets.append(start_fastgw(services, opts.out, backends, workers=opts.workers,
-                                    config=scenario.gateway_config))
+                                    config=prepared.config))
         for peer in peers:
             targets.append(start_peer(peer, services, opts.out, backends,
                                       workers=opts.workers))
-        probe = check_targets(targets, opts.path)
+        probe = check_targets(targets, opts.path, opts.headers)
         print(f"{scenario.name}: backends " + ", ".join(f":{b.port}" for b in backends) + "; "
               + ", ".join(f"{t.name} :{t.port}" for t in targets), flush=True)
         if opts.warmup_s > 0:

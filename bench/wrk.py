@@ -17,6 +17,7 @@ import resource
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -77,24 +78,29 @@ def parse(output: str, cpu_s: float) -> WrkResult:
 
 
 def wrk_argv(url: str, *, duration_s: float, connections: int, threads: int = 1,
-             timeout_s: float = 5.0, script_dir: Path) -> list[str]:
-    """The wrk command line of every run, with the result hook written to ``script_dir``."""
+             timeout_s: float = 5.0, script_dir: Path,
+             headers: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """The wrk command line of every run, with the result hook written to ``script_dir`` and
+    one ``-H "Name: value"`` per request header (the scenario's, e.g. a bearer token)."""
     script = script_dir / "wrk_report.lua"
     if not script.exists():
         script_dir.mkdir(parents=True, exist_ok=True)
         script.write_text(lua_script())
     return [wrk_binary(), f"-t{threads}", f"-c{connections}",
             f"-d{max(1, round(duration_s))}s", "--latency",
-            f"--timeout={max(1, round(timeout_s))}s", "-s", str(script), url]
+            f"--timeout={max(1, round(timeout_s))}s",
+            *(arg for name, value in headers for arg in ("-H", f"{name}: {value}")),
+            "-s", str(script), url]
 
 
 def run_wrk(url: str, *, duration_s: float, connections: int, threads: int = 1,
-            timeout_s: float = 5.0, script_dir: Path) -> WrkResult:
+            timeout_s: float = 5.0, script_dir: Path,
+            headers: Sequence[tuple[str, str]] = ()) -> WrkResult:
     """One wrk run; its CPU is the growth of RUSAGE_CHILDREN across it (only wrk is reaped in
     that window)."""
     seconds = max(1, round(duration_s))
     argv = wrk_argv(url, duration_s=duration_s, connections=connections, threads=threads,
-                    timeout_s=timeout_s, script_dir=script_dir)
+                    timeout_s=timeout_s, script_dir=script_dir, headers=headers)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     try:
