@@ -5,6 +5,7 @@ these are the bounds that protect the process itself and that no operator should
 Each one has a test that crosses it.
 """
 
+import re
 from typing import Final
 
 # Downstream (client) side.
@@ -62,6 +63,8 @@ RESPAWN_BACKOFF_MAX_S: Final = 30.0
 # A customer id, whichever way it arrives (dev token, JWT claim, `fastgw token`): it becomes a
 # header value and a rate-limit key, so a short, plain charset.
 CUSTOMER_ID_PATTERN: Final = r"[A-Za-z0-9_.\-]{1,128}\Z"
+CUSTOMER_ID: Final = re.compile(CUSTOMER_ID_PATTERN)  # for ids read as str (claims, CLI)
+CUSTOMER_ID_BYTES: Final = re.compile(CUSTOMER_ID_PATTERN.encode("ascii"))  # wire and Redis
 
 # Authentication bounds (docs/authentication.md).
 MAX_HEADER_SEGMENT_BYTES: Final = 1024

@@ -10,7 +10,6 @@ would otherwise fail late with a message about key objects rather than about the
 from __future__ import annotations
 
 import math
-import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -20,14 +19,13 @@ import jwt
 
 from fastgw.errors import FastgwError
 from fastgw.keys import PrivateKey, b64url, default_kid, describe_key, key_algorithms
-from fastgw.limits import CUSTOMER_ID_PATTERN
+from fastgw.limits import CUSTOMER_ID
 
 # The lowest tier of the reference design's rate_limits.customer_tiers, and the default of
 # rate_limits.default_tier: a token minted without --tier gets the least, not the most.
 DEFAULT_TIER: Final = "free"
 DEFAULT_TTL: Final = "1h"
 
-CUSTOMER_ID: Final = re.compile(CUSTOMER_ID_PATTERN)
 
 class TokenError(FastgwError):
     """A token that cannot be minted as asked; the message is one line."""

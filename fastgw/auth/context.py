@@ -15,12 +15,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from fastgw.auth.errors import TokenError
-from fastgw.limits import CUSTOMER_ID_PATTERN
+from fastgw.limits import CUSTOMER_ID
 
 if TYPE_CHECKING:
     from fastgw.config.gateway import ClaimNamesConfig
 
-_CUSTOMER_ID: Final = re.compile(CUSTOMER_ID_PATTERN)
 _NAME: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}\Z")
 # Permissions and feature names: a little wider than names (``vm:create``, ``admin/*``), never
 # a comma (the X-Customer-Permissions separator), space or anything outside printable ASCII.
@@ -108,7 +107,7 @@ def context_from_claims(
     customer = claims.get(names.customer_id)
     if isinstance(customer, int) and not isinstance(customer, bool) and customer >= 0:
         customer = str(customer)  # numeric ids are common in identity providers
-    if not isinstance(customer, str) or _CUSTOMER_ID.match(customer) is None:
+    if not isinstance(customer, str) or CUSTOMER_ID.match(customer) is None:
         raise TokenError("customer id claim is not a valid customer id")
     tier = claims.get(names.tier)
     if tier is not None and (type(tier) is not str or _NAME.match(tier) is None):

@@ -36,14 +36,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Final
 
 from fastgw.config.gateway import RedisConfig
 from fastgw.errors import FastgwError
-from fastgw.limits import CUSTOMER_ID_PATTERN
+from fastgw.limits import CUSTOMER_ID_BYTES
 from fastgw.redis_connect import (
     BACKGROUND_TIMEOUT_FLOOR_S,
     AsyncClient,
@@ -76,7 +75,6 @@ ERROR_LOG_INTERVAL_S: Final = 10.0
 MAX_LOGGED_PROBLEMS: Final = 3
 _LATEST_EXP: Final = 253402300799  # 9999-12-31T23:59:59Z: beyond it an exp is a mistake
 
-_CUSTOMER_ID_BYTES: Final = re.compile(CUSTOMER_ID_PATTERN.encode("ascii"))
 
 # One write: prune expired jti entries, apply the change, bump the version when anything moved.
 # KEYS: jti hash, customer hash, version. ARGV: 'jti' | 'customer', 'set' | 'del', field, value,
@@ -169,7 +167,7 @@ def parse_customers(raw: Mapping[bytes, bytes], problems: list[str]) -> dict[byt
     """HGETALL of the customer hash → customer id → not-before; malformed entries skipped."""
     customers: dict[bytes, float] = {}
     for field, value in raw.items():
-        if _CUSTOMER_ID_BYTES.match(field) is None:
+        if CUSTOMER_ID_BYTES.match(field) is None:
             problems.append(f"customer {field!r}: not a valid customer id")
             continue
         try:

@@ -29,22 +29,19 @@ def jwks(*entries: tuple[Any, str]) -> dict[str, Any]:
     return {"keys": keys}
 
 
+def jwks_url_config(url: str) -> dict[str, Any]:
+    """Routes with auth, ES256 keys from ``url``, refreshed every ``REFRESH``."""
+    jwt = {"jwks_url": url, "algorithm": "ES256", "refresh_interval": REFRESH}
+    return {"gateway": {"authentication": {"jwt": jwt}}, "routes": ECHO_ROUTES}
+
+
 @uvloop_test
 async def test_rotation_old_then_both_then_new_never_fails_a_valid_token() -> None:
     old, new = generate_private_key("ES256"), generate_private_key("ES256")
     old_token = mint_token(old, customer_id="acme", kid="old", ttl_s=600.0)
     new_token = mint_token(new, customer_id="acme", kid="new", ttl_s=600.0)
     with JwksServer(jwks((old, "old"))) as server:
-        config = {
-            "gateway": {
-                "authentication": {
-                    "jwt": {"jwks_url": server.url, "algorithm": "ES256",
-                            "refresh_interval": REFRESH},
-                }
-            },
-            "routes": ECHO_ROUTES,
-        }
-        async with running(extra=config) as gw:
+        async with running(extra=jwks_url_config(server.url)) as gw:
             client = await RawClient.connect(gw.port)
             try:
                 counts = gw.gateway.context.plan.auth.counts
@@ -82,16 +79,7 @@ async def test_rotation_old_then_both_then_new_never_fails_a_valid_token() -> No
 async def test_ready_waits_for_the_first_keys() -> None:
     key = generate_private_key("ES256")
     with JwksServer(jwks((key, "k")), listening=False) as server:  # the issuer is down
-        config = {
-            "gateway": {
-                "authentication": {
-                    "jwt": {"jwks_url": server.url, "algorithm": "ES256",
-                            "refresh_interval": REFRESH},
-                }
-            },
-            "routes": ECHO_ROUTES,
-        }
-        async with running(extra=config) as gw:
+        async with running(extra=jwks_url_config(server.url)) as gw:
             client = await RawClient.connect(gw.port)
             try:
                 reply = await client.request(get("/ready"))
