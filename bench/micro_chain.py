@@ -57,6 +57,17 @@ CONFIG: Final = {
             "jwt": {"algorithm": "HS256", "hs_secret": _HS_SECRET},
         }
     },
+    # Every level on (bucket, endpoint bucket, daily quota, global) and never refusing: the
+    # memory limiter's whole decision is in get_jwt_cached's figure.
+    "rate_limits": {
+        "global": {"requests_per_second": 1e9, "burst_size": 1_000_000_000},
+        "customer_tiers": {
+            "pro": {"requests_per_second": 1e9, "burst_size": 1_000_000_000,
+                    "requests_per_day": 10**15},
+        },
+        "default_tier": "pro",
+        "endpoints": {"Account": {"requests_per_second": 1e9}},
+    },
     "routing": {"metald_instances": [{"host": "127.0.0.1", "port": 9}]},
     "routes": [
         {"endpoint": "Echo", "path_prefix": "/echo", "auth": "none"},

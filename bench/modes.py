@@ -10,6 +10,10 @@
   generator and the backends grown with it, and the scaling curve (RPS, efficiency against
   linear, CPU-µs per request). Meant for machines with many cores: on one with fewer cores
   than workers + load generator, the curve measures the machine, and the report says so.
+
+Both prepare the scenario as a run does (:meth:`bench.scenarios.Scenario.prepare`): its files,
+its helper processes (a Redis, measured as a group of its own) and its request headers (a
+bearer token), sent by the probe and by every generator run.
 """
 
 from __future__ import annotations
@@ -18,28 +22,33 @@ import dataclasses
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from bench import runner
 from bench.loadgen import LoadResult
-from bench.peers import HOST, Target, start_backend, start_fastgw, start_peer
+from bench.peers import Target, start_backend, start_fastgw, start_peer
 from bench.procs import Services, cpu_delta, cpu_snapshot, tree_pids
 from bench.report import machine_info, now_iso
-from bench.scenarios import Scenario
+from bench.scenarios import HOST, Headers, Helper, Prepared, Scenario
 from bench.suite import SCHEMA, write_all
 
+SWEEP_MAX_STEPS: Final = 12  # steps of one target's sweep (find_max_rate's max_steps)
 
-def _start(services: Services, scenario: Scenario, opts: runner.Options, backends_n: int,
-           peers: Sequence[str]) -> tuple[list[Target], list[Target]]:
-    assert scenario.gateway_config is not None
+
+def _start(services: Services, scenario: Scenario, opts: runner.Options, *, backends_n: int,
+           peers: Sequence[str], run_s: float) -> tuple[list[Target], list[Target], Prepared]:
+    """The scenario prepared for a run of at most ``run_s`` seconds (helpers first, so that
+    they stop last), its backends and targets, each probed with the scenario's headers."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    prepared = scenario.prepare(opts.out, run_s, services)
     backends = [start_backend(services, opts.out, name=f"bench-backend-{i + 1}")
                 for i in range(backends_n)]
     targets = [start_fastgw(services, opts.out, backends, workers=opts.workers,
-                            config=scenario.gateway_config)]
+                            config=prepared.config)]
     targets += [start_peer(p, services, opts.out, backends, workers=opts.workers)
                 for p in peers]
-    runner.check_targets(targets, opts.path or scenario.path)
-    return backends, targets
+    runner.check_targets(targets, opts.path or scenario.path, prepared.headers)
+    return backends, targets, prepared
 
 
 def _skipped(scenario: Scenario, reason: str) -> dict[str, Any]:
@@ -60,21 +69,28 @@ def _results(kind: str, opts: runner.Options, settings: dict[str, Any], *, start
 
 
 def sweep_target(target: Target, opts: runner.Options, *, target_p99_ms: float,
-                 start_rate: float, max_rate: float, resolution: float) -> dict[str, Any]:
+                 start_rate: float, max_rate: float, resolution: float,
+                 headers: Headers = (), helpers: Sequence[Helper] = ()) -> dict[str, Any]:
+    """One target's sweep, its requests with ``headers``; the scenario's ``helpers``' CPU (and
+    counters) per request beside the target's in every step."""
     from bench.openloop import Traffic, run_open_loop
     from bench.sweep import find_max_rate
 
-    traffic = Traffic(HOST, target.port, (runner.request_bytes(opts.path or "/", target.port),))
+    request = runner.request_bytes(opts.path or "/", target.port, headers)
+    traffic = Traffic(HOST, target.port, (request,))
     cpu_us: list[float | None] = []  # per step, in the order find_max_rate measures
+    helper_fields: list[dict[str, Any]] = []  # the same, for the helpers
 
     def measure(rate: float) -> LoadResult:
         time.sleep(runner.SETTLE_S)
         pids = tree_pids(target.service.pid)
+        readings = runner.HelperReadings(helpers)
         before = cpu_snapshot(pids)
         result = run_open_loop(traffic, rate=rate, duration_s=opts.duration_s,
                                connections=opts.connections, processes=opts.processes)
         spent = cpu_delta(before, cpu_snapshot(set(pids) | set(tree_pids(target.service.pid))))
         cpu_us.append(runner.per_request_us(spent.seconds, result.requests))
+        helper_fields.append(readings.finish(result.requests)[0])
         return result
 
     def show(step: Any) -> None:
@@ -84,13 +100,14 @@ def sweep_target(target: Target, opts: runner.Options, *, target_p99_ms: float,
               f"{'ok' if step.ok else 'over: ' + step.why}", flush=True)
 
     found = find_max_rate(measure, target_p99_ms=target_p99_ms, start_rate=start_rate,
-                          max_rate=max_rate, resolution=resolution, on_step=show)
+                          max_rate=max_rate, resolution=resolution, max_steps=SWEEP_MAX_STEPS,
+                          on_step=show)
     steps = [{"rate": s.rate, "rps": round(s.result.rps, 1),
               **{f"{k}_ms": round(s.result.latency_ms[k], 3) for k in runner.REPORTED_PERCENTILES},
               "errors": s.result.error_total, "errors_by_kind": s.result.errors,
-              "cpu_us_per_request": cpu, "ok": s.ok, "why": s.why,
+              "cpu_us_per_request": cpu, **helper, "ok": s.ok, "why": s.why,
               "generator_limited": s.generator_limited}
-             for s, cpu in zip(found.steps, cpu_us, strict=True)]
+             for s, cpu, helper in zip(found.steps, cpu_us, helper_fields, strict=True)]
     # stopped by the generator: the best rate is a lower bound of the target's
     return {"target_p99_ms": target_p99_ms, "best_rate": found.best_rate,
             "stopped_by_generator": found.stopped_by_generator, "steps": steps}
@@ -110,14 +127,19 @@ def run_sweep(scenario: Scenario, opts: runner.Options, *, target_p99_ms: float,
         scoped = dataclasses.replace(opts, out=opts.out / scenario.name,
                                      path=opts.path or scenario.path)
         peers = [p for p in opts.peers if p in scenario.peers]
+        # every step of every target, with room (for the scenario's token)
+        run_s = (1 + len(peers)) * SWEEP_MAX_STEPS * (opts.duration_s + runner.SETTLE_S) + 120
         with Services() as services:
-            _, targets = _start(services, scenario, scoped, scenario.backends, peers)
+            _, targets, prepared = _start(services, scenario, scoped,
+                                          backends_n=scenario.backends, peers=peers, run_s=run_s)
             found = {t.name: sweep_target(t, scoped, target_p99_ms=target_p99_ms,
                                           start_rate=start_rate, max_rate=max_rate,
-                                          resolution=resolution) for t in targets}
+                                          resolution=resolution, headers=prepared.headers,
+                                          helpers=prepared.helpers)
+                     for t in targets}
         entry = {"status": "ran", "shape": "sweep", "reason": None,
                  "description": scenario.description, "generator": "openloop",
-                 "targets": found}
+                 "helpers": [h.name for h in prepared.helpers], "targets": found}
     return _results("sweep", opts, settings, started_at=started_at, machine=machine,
                     entries={scenario.name: entry})
 
@@ -136,22 +158,26 @@ def scale_point(scenario: Scenario, opts: runner.Options, workers: int) -> dict[
         rate=opts.rate * workers, out=opts.out / scenario.name / f"workers-{workers}",
         path=opts.path or scenario.path)
     peers = [p for p in opts.peers if p in scenario.peers]
-    generator = runner.LoadGenerator(scoped)
     runs: dict[str, list[dict[str, Any]]] = {}
     with Services() as services:
         # one backend per two workers, so that the backend is never the bottleneck
-        backends, targets = _start(services, scenario, scoped, max(1, workers // 2), peers)
+        backends, targets, prepared = _start(
+            services, scenario, scoped, backends_n=max(1, workers // 2), peers=peers,
+            run_s=runner.planned_s(scoped, 1 + len(peers)))
+        scoped = dataclasses.replace(scoped, headers=prepared.headers)
+        generator = runner.LoadGenerator(scoped)
         if scoped.warmup_s > 0:
             for target in targets:
                 generator.run(target, min(scoped.warmup_s, scoped.duration_s))
         for index in range(1, scoped.runs + 1):
             for target in targets:
                 time.sleep(runner.SETTLE_S)
-                record = runner.measure(target, backends, generator, index)
+                record = runner.measure(target, backends, generator, index, prepared.helpers)
                 runs.setdefault(target.name, []).append(record)
                 print(f"scale {scenario.name} workers {workers} {target.name:8s} "
                       f"{record['rps']:>9,.0f} rps  p99 {record['p99_ms']:.2f} ms  "
-                      f"{record['cpu_us_per_request']:.1f} CPU-µs/req", flush=True)
+                      f"{record['cpu_us_per_request']:.1f} CPU-µs/req"
+                      f"{runner.helpers_line(record)}", flush=True)
     return {name: runner.summarize(r) for name, r in runs.items()}
 
 
@@ -176,6 +202,10 @@ def run_scale(scenarios: Sequence[Scenario], opts: runner.Options,
                     "workers": workers, "rps": t["rps"], "p50_ms": t["p50_ms"],
                     "p99_ms": t["p99_ms"], "errors": t["errors"],
                     "cpu_us_per_request": t["cpu_us_per_request"], "rss_mb": t["rss_mb"],
+                    # the helpers' figures (redis_cpu_us_per_request ...), each its own group
+                    "helpers": t["helpers"],
+                    **{k: v for k, v in t.items() if k.endswith("_per_request")
+                       and any(k.startswith(f"{h}_") for h in t["helpers"])},
                     "oversubscribed": workers * 2 > cores,
                     # per run, so that compare can show the noise of each point
                     "runs": {key: [r[key] for r in t["runs"]]

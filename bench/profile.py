@@ -1,7 +1,9 @@
 """Optional profiles of a fastgw worker under the scenario's load (``--profile``).
 
 Two separate, unrecorded wrk runs (a profiler perturbs the process, so never during a measured
-run), each as long as a measured one:
+run), each as long as a measured one and sending the scenario's request headers (its bearer
+token: a profile of 401 answers would sample the wrong code). Each keeps its load's figures
+(``load``: requests, RPS, errors), so that a profile taken under errors says so. The two:
 
 - **py-spy** (Python frames): py-spy's ``raw`` output (collapsed stacks, one
   ``frame;frame;... count`` per line; feed it to any flamegraph tool) and the functions with
@@ -26,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from bench.loadgen import LoadResult
 from bench.procs import BenchError, tree_pids
 from bench.report import md_table
 from bench.wrk import run_wrk
@@ -66,6 +69,18 @@ def summarize_raw(text: str, top: int = TOP_N) -> dict[str, Any]:
     }
 
 
+def load_of(result: LoadResult) -> dict[str, Any]:
+    """What a profile's wrk run did: a profile of errors samples the error path."""
+    return {"requests": result.requests, "rps": round(result.rps, 1),
+            "errors": result.error_total, "errors_by_kind": result.errors}
+
+
+def _load(target: Target, opts: Options, seconds: int) -> LoadResult:
+    return run_wrk(target.url(opts.path or "/"), duration_s=seconds,
+                   connections=opts.connections, threads=opts.threads, script_dir=opts.out,
+                   headers=opts.headers)
+
+
 def _worker(target: Target) -> int:
     pids = tree_pids(target.service.pid)
     if len(pids) < 2:
@@ -90,8 +105,7 @@ def py_spy_profile(target: Target, opts: Options) -> dict[str, Any]:
     spy = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(ATTACH_S)
-        run_wrk(target.url(opts.path or "/"), duration_s=seconds, connections=opts.connections,
-                threads=opts.threads, script_dir=opts.out)
+        load = _load(target, opts, seconds)
         output, _ = spy.communicate(timeout=seconds + 30)
     finally:
         if spy.poll() is None:
@@ -101,7 +115,8 @@ def py_spy_profile(target: Target, opts: Options) -> dict[str, Any]:
         raise BenchError(f"py-spy failed (status {spy.returncode}): {output.strip()[-1000:]}")
     summary = summarize_raw(out.read_text())
     print(f"py-spy profile of fastgw worker {worker}: {out}", flush=True)
-    return {"worker_pid": worker, "file": str(out), "rate_hz": RATE_HZ, **summary}
+    return {"worker_pid": worker, "file": str(out), "rate_hz": RATE_HZ, "load": load_of(load),
+            **summary}
 
 
 def _perf_report(binary: str, data: Path, sort: str, top: int) -> list[dict[str, Any]]:
@@ -132,8 +147,7 @@ def perf_profile(target: Target, opts: Options) -> dict[str, Any] | None:
         time.sleep(ATTACH_S)
         if perf.poll() is not None:  # e.g. perf_event_paranoid forbids it
             return {"error": (perf.stdout.read() if perf.stdout else "")[-500:]}
-        run_wrk(target.url(opts.path or "/"), duration_s=seconds, connections=opts.connections,
-                threads=opts.threads, script_dir=opts.out)
+        load = _load(target, opts, seconds)
         perf.send_signal(signal.SIGINT)
         perf.communicate(timeout=60)
     finally:
@@ -143,9 +157,16 @@ def perf_profile(target: Target, opts: Options) -> dict[str, Any] | None:
     if not data.exists():
         return {"error": f"perf wrote no {data}"}
     print(f"perf profile of fastgw worker {worker}: {data}", flush=True)
-    return {"worker_pid": worker, "file": str(data), "rate_hz": PERF_HZ,
+    return {"worker_pid": worker, "file": str(data), "rate_hz": PERF_HZ, "load": load_of(load),
             "by_object": _perf_report(binary, data, "dso", 12),
             "top_symbols": _perf_report(binary, data, "dso,sym", TOP_N)}
+
+
+def _load_md(part: dict[str, Any]) -> str:
+    load = part.get("load")  # absent from results saved before profiles recorded their load
+    if load is None:
+        return "not recorded"
+    return f"{load['rps']:,.0f} req/s, {load['errors']} errors"
 
 
 def profile_md(profile: dict[str, Any]) -> str:
@@ -155,7 +176,8 @@ def profile_md(profile: dict[str, Any]) -> str:
     parts = [
         f"Profile (py-spy, {spy['samples']} busy samples at {spy['rate_hz']} Hz of "
         f"worker {spy['worker_pid']}; raw stacks in `{spy['file']}`; biased towards "
-        "functions that make system calls, see bench/profile.py):",
+        "functions that make system calls, see bench/profile.py; "
+        f"load {_load_md(spy)}):",
         "",
         md_table(["function (file)", "self %", "total %"], rows),
     ]
@@ -163,7 +185,7 @@ def profile_md(profile: dict[str, Any]) -> str:
     if perf and "error" not in perf:
         parts += [
             "", f"perf, {perf['rate_hz']} Hz CPU-clock samples of worker {perf['worker_pid']} "
-            f"(`{perf['file']}`), by shared object:", "",
+            f"(`{perf['file']}`; load {_load_md(perf)}), by shared object:", "",
             md_table(["object", "%"], [[r["what"], r["pct"]] for r in perf["by_object"]]),
             "", "Top symbols:", "",
             md_table(["object / symbol", "%"],

@@ -11,6 +11,11 @@ The figure to compare is **CPU-µs per request** of the proxy: CPU time (user + 
 master + workers during the run, divided by the requests completed. On a 2-core machine that
 the load generator, the backend and the proxy share, RPS says mostly who got the cores; CPU per
 request says what each request costs the proxy, and it stays put when a neighbour steals time.
+
+A scenario's helper processes (a Redis: :class:`bench.scenarios.Helper`) are read the same way
+around each run and reported as groups of their own (``redis_cpu_us_per_request``, never added
+to the proxy's figure), with the growth of their counters per request
+(``redis_commands_per_request``).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from bench.procs import (
 )
 from bench.progress import RunProgress
 from bench.report import median, now_iso
-from bench.scenarios import HOST, Headers, Scenario
+from bench.scenarios import HOST, Headers, Helper, Scenario
 from bench.verdict import Targets
 
 SETTLE_S: Final = 1.0  # pause between runs (connections close, TIME_WAIT settles)
@@ -104,15 +109,66 @@ class LoadGenerator:
                              progress=seen)
 
 
+def helpers_line(record: dict[str, Any]) -> str:
+    """The helpers' figures for a progress line (empty without helpers)."""
+    def show(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    parts = [f"  {name} {show(record.get(f'{name}_cpu_us_per_request'), 1)} CPU-µs/req"
+             + (f" {show(record[f'{name}_commands_per_request'], 2)} cmds/req"
+                if f"{name}_commands_per_request" in record else "")
+             for name in record.get("helpers", ())]
+    return "".join(parts)
+
+
 def per_request_us(cpu_s: float, requests: int) -> float | None:
     """CPU-µs per request, rounded; None (not NaN: results.json stays valid JSON) without
     requests."""
     return round(cpu_s * 1e6 / requests, 2) if requests else None
 
 
+class HelperReadings:
+    """The helpers' CPU and counters around one measurement: read at construction (counters
+    first, then CPU) and again by :meth:`finish` (CPU first), so that the bench's own reading
+    of the counters stays out of the CPU figures as far as it can."""
+
+    def __init__(self, helpers: Sequence[Helper]) -> None:
+        self.helpers = tuple(helpers)
+        self.pids = {h.name: tree_pids(h.service.pid) for h in self.helpers}
+        for h in self.helpers:
+            if not self.pids[h.name]:
+                raise BenchError(f"{h.name} is not running; log {h.service.log_path}:\n"
+                                 f"{h.service.log_tail()}")
+        self.counters = {h.name: dict(h.counters()) for h in self.helpers
+                         if h.counters is not None}
+        self.cpu = {name: cpu_snapshot(pids) for name, pids in self.pids.items()}
+
+    def finish(self, requests: int) -> tuple[dict[str, Any], float]:
+        """The record's fields (``<name>_cpu_us_per_request``, ``<name>_cpu``,
+        ``<name>_<counter>_per_request``) and the helpers' CPU seconds together."""
+        fields: dict[str, Any] = {}
+        seconds = 0.0
+        for h in self.helpers:
+            now = cpu_snapshot(set(self.pids[h.name]) | set(tree_pids(h.service.pid)))
+            spent = cpu_delta(self.cpu[h.name], now)
+            seconds += spent.seconds
+            fields[f"{h.name}_cpu_us_per_request"] = per_request_us(spent.seconds, requests)
+            fields[f"{h.name}_cpu"] = spent.as_json()
+        for h in self.helpers:
+            if h.counters is None:
+                continue
+            before, after = self.counters[h.name], h.counters()
+            for key, value in after.items():
+                grown = value - before.get(key, 0)
+                fields[f"{h.name}_{key}_per_request"] = (round(grown / requests, 3)
+                                                         if requests else None)
+        return fields, seconds
+
+
 def measure(target: Target, backends: Sequence[Target], generator: LoadGenerator,
-            index: int) -> dict[str, Any]:
-    """One load run against ``target``, with CPU and memory around it."""
+            index: int, helpers: Sequence[Helper] = ()) -> dict[str, Any]:
+    """One load run against ``target``, with CPU and memory around it (and around the
+    scenario's ``helpers``)."""
     opts = generator.opts
     proxy_pids = tree_pids(target.service.pid)
     backend_pids = [pid for b in backends for pid in tree_pids(b.service.pid)]
@@ -120,10 +176,12 @@ def measure(target: Target, backends: Sequence[Target], generator: LoadGenerator
         raise BenchError(f"{target.name} is not running; log {target.service.log_path}:\n"
                          f"{target.service.log_tail()}")
     started_at = now_iso()
+    helper_readings = HelperReadings(helpers)
     proxy_before, backend_before = cpu_snapshot(proxy_pids), cpu_snapshot(backend_pids)
     machine_before = machine_cpu()
     label = f"run {index}/{opts.runs} {target.name}"
-    with RssSampler({"proxy": proxy_pids, "backend": backend_pids}) as rss, \
+    groups = {"proxy": proxy_pids, "backend": backend_pids, **helper_readings.pids}
+    with RssSampler(groups) as rss, \
             RunProgress(label, opts.duration_s, target.service.pid,
                         completed=lambda: generator.completed):
         result = generator.run(target, opts.duration_s)
@@ -131,10 +189,11 @@ def measure(target: Target, backends: Sequence[Target], generator: LoadGenerator
     proxy_after_pids = tree_pids(target.service.pid)
     proxy = cpu_delta(proxy_before, cpu_snapshot(set(proxy_pids) | set(proxy_after_pids)))
     back = cpu_delta(backend_before, cpu_snapshot(backend_pids))
+    helper_fields, helper_s = helper_readings.finish(result.requests)
     memory = memory_of(proxy_after_pids)
     busy_s = (machine_after.busy - machine_before.busy) / CLK_TCK
     total = max(1, machine_after.total - machine_before.total)
-    other_s = busy_s - proxy.seconds - back.seconds - result.cpu_s
+    other_s = busy_s - proxy.seconds - back.seconds - helper_s - result.cpu_s
     return {
         "run": index, "target": target.name, "started_at": started_at,
         "rps": round(result.rps, 1), "requests": result.requests,
@@ -150,6 +209,9 @@ def measure(target: Target, backends: Sequence[Target], generator: LoadGenerator
         "loadgen_cpu_us_per_request": per_request_us(result.cpu_s, result.requests),
         "proxy_cpu": proxy.as_json(), "backend_cpu": back.as_json(),
         "loadgen_cpu_s": round(result.cpu_s, 3),
+        # the scenario's helper processes, each a group of its own (not in the proxy's CPU)
+        "helpers": [h.name for h in helpers], **helper_fields,
+        **{f"{h.name}_rss_mb": round(rss.peak_kb[h.name] / 1024, 2) for h in helpers},
         # open loop: what was offered, and what never went out (the run fell behind)
         "offered_rps": result.offered_rps, "sent": result.sent,
         "unsent": getattr(result, "unsent", None), "behind_s": result.behind_s,
@@ -172,7 +234,8 @@ SUMMARY_MEDIANS: Final = ("rps", *(f"{k}_ms" for k in REPORTED_PERCENTILES),
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over the runs (errors: total; peak RSS: max), and every run's record."""
+    """Medians over the runs (errors: total; peak RSS: max), and every run's record. Every
+    ``*_per_request`` figure of the runs has its median, the helpers' too."""
     kinds: dict[str, int] = {}
     for r in runs:
         for kind, count in r["errors_by_kind"].items():
@@ -183,8 +246,12 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     errors, requests = sum(int(r["errors"]) for r in runs), sum(int(r["requests"]) for r in runs)
     behind = [float(r["behind_s"]) for r in runs if r.get("behind_s") is not None]
+    per_request = dict.fromkeys(k for r in runs for k in r if k.endswith("_per_request"))
+    helpers = list(dict.fromkeys(name for r in runs for name in r.get("helpers", ())))
     return {
-        **{key: med(key) for key in SUMMARY_MEDIANS},
+        **{key: med(key) for key in (*SUMMARY_MEDIANS, *per_request)},
+        "helpers": helpers,
+        **{f"{name}_rss_mb": max(float(r[f"{name}_rss_mb"]) for r in runs) for name in helpers},
         "errors": errors,
         "errors_by_kind": kinds,
         "error_share": error_share(errors, requests, kinds),
@@ -258,13 +325,14 @@ def run_load(scenario: Scenario, opts: Options) -> dict[str, Any]:
     opts = dataclasses.replace(opts, path=scenario.path if opts.path is None else opts.path)
     opts.out.mkdir(parents=True, exist_ok=True)
     peers = tuple(p for p in opts.peers if p in scenario.peers)
-    prepared = scenario.prepare(opts.out, planned_s(opts, 1 + len(peers)))
-    opts = dataclasses.replace(opts, headers=prepared.headers)
     targets: list[Target] = []
     runs: dict[str, list[dict[str, Any]]] = {}
     profile: dict[str, Any] | None = None
-    generator = LoadGenerator(opts)
     with Services() as services:
+        # first: its helpers (a Redis) are then stopped last, after the gateway using them
+        prepared = scenario.prepare(opts.out, planned_s(opts, 1 + len(peers)), services)
+        opts = dataclasses.replace(opts, headers=prepared.headers)
+        generator = LoadGenerator(opts)
         backends = [start_backend(services, opts.out, name=f"bench-backend-{i + 1}")
                     for i in range(scenario.backends)]
         targets.append(start_fastgw(services, opts.out, backends, workers=opts.workers,
@@ -272,7 +340,7 @@ def run_load(scenario: Scenario, opts: Options) -> dict[str, Any]:
         for peer in peers:
             targets.append(start_peer(peer, services, opts.out, backends,
                                       workers=opts.workers))
-        probe = check_targets(targets, opts.path, opts.headers)
+        probe = check_targets(targets, opts.path or scenario.path, opts.headers)
         print(f"{scenario.name}: backends " + ", ".join(f":{b.port}" for b in backends) + "; "
               + ", ".join(f"{t.name} :{t.port}" for t in targets), flush=True)
         if opts.warmup_s > 0:
@@ -281,19 +349,23 @@ def run_load(scenario: Scenario, opts: Options) -> dict[str, Any]:
         for index in range(1, opts.runs + 1):
             for target in targets:
                 time.sleep(SETTLE_S)
-                record = measure(target, backends, generator, index)
+                record = measure(target, backends, generator, index, prepared.helpers)
                 runs.setdefault(target.name, []).append(record)
                 print(f"run {index}/{opts.runs} {target.name:8s} {record['rps']:>9,.0f} rps  "
                       f"p50 {record['p50_ms']:.2f} ms  p99 {record['p99_ms']:.2f} ms  "
                       f"errors {record['errors']}  "
                       f"{record['cpu_us_per_request']:.1f} CPU-µs/req  "
-                      f"rss {record['rss_mb']:.1f} MB", flush=True)
+                      f"rss {record['rss_mb']:.1f} MB{helpers_line(record)}", flush=True)
                 if not target.service.alive():
                     raise BenchError(f"{target.name} died during run {index}; log "
                                      f"{target.service.log_path}:\n{target.service.log_tail()}")
         if opts.profile:
             profile = pyspy.profile_fastgw(targets[0], opts)
         problems = {t.name: log_problems(t) for t in [*backends, *targets]}
+        for helper in prepared.helpers:
+            if not helper.service.alive():
+                raise BenchError(f"{helper.name} died during the runs; log "
+                                 f"{helper.service.log_path}:\n{helper.service.log_tail()}")
         exit_codes = services.stop_all()
     summary = {t.name: summarize(runs[t.name]) for t in targets}
     pairs = {f"fastgw/{p}": ratios(summary["fastgw"], summary[p],
@@ -312,6 +384,7 @@ def run_load(scenario: Scenario, opts: Options) -> dict[str, Any]:
                      **({"rate": opts.rate, "processes": opts.processes}
                         if opts.generator == "openloop" else {})},
         "peers_not_run": {p: f"no {p} config for {scenario.name} yet" for p in not_run},
+        "helpers": [h.name for h in prepared.helpers],
         "probe": probe,
         "targets": summary,
         "ratios": pairs,

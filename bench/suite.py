@@ -142,14 +142,29 @@ def write_all(results: dict[str, Any], opts: runner.Options) -> None:
 # -- report.md ------------------------------------------------------------------------------
 
 
+def helper_columns(entry: dict[str, Any]) -> list[tuple[str, str]]:
+    """(column, figure) of the scenario's helper processes (a Redis): their CPU and, where
+    they count them, the commands per request."""
+    columns = []
+    for name in entry.get("helpers", ()):
+        columns.append((f"{name} CPU-µs/req", f"{name}_cpu_us_per_request"))
+        key = f"{name}_commands_per_request"
+        if any(key in t or any(key in step for step in t.get("steps", ()))
+               for t in entry["targets"].values()):
+            columns.append((f"{name} cmds/req", key))
+    return columns
+
+
 def load_table(entry: dict[str, Any]) -> str:
+    helpers = helper_columns(entry)
     header = ["target", "RPS", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "p99.9 ms", "errors",
               "CPU-µs/req", "(user + sys)", "backend CPU-µs/req", "loadgen CPU-µs/req",
-              "peak RSS MB"]
+              *(column for column, _ in helpers), "peak RSS MB"]
     rows = [[name, t["rps"], t["p50_ms"], t["p90_ms"], t["p95_ms"], t["p99_ms"], t["p999_ms"],
              t["errors"], t["cpu_us_per_request"],
              f"{fmt(t['user_us_per_request'], 1)} + {fmt(t['system_us_per_request'], 1)}",
-             t["backend_cpu_us_per_request"], t["loadgen_cpu_us_per_request"], t["rss_mb"]]
+             t["backend_cpu_us_per_request"], t["loadgen_cpu_us_per_request"],
+             *(t.get(key) for _, key in helpers), t["rss_mb"]]
             for name, t in entry["targets"].items()]
     lines = [md_table(header, rows), ""]
     for pair, r in entry["ratios"].items():
@@ -167,17 +182,21 @@ def load_table(entry: dict[str, Any]) -> str:
 
 def runs_table(entry: dict[str, Any]) -> str:
     open_loop = entry["generator"] == "openloop"
+    helpers = helper_columns(entry)
     return md_table(
         ["target", "run", "RPS", "p50 ms", "p99 ms", "errors", "CPU-µs/req", "backend",
-         "loadgen", "other CPU s", "steal %", *(["unsent", "behind s"] if open_loop else [])],
+         "loadgen", *(column for column, _ in helpers), "other CPU s", "steal %",
+         *(["unsent", "behind s"] if open_loop else [])],
         [[r["target"], f"{r['run']}{' (noisy)' if r['noisy'] else ''}", r["rps"],
           r["p50_ms"], r["p99_ms"], r["errors"], r["cpu_us_per_request"],
-          r["backend_cpu_us_per_request"], r["loadgen_cpu_us_per_request"], r["other_cpu_s"],
+          r["backend_cpu_us_per_request"], r["loadgen_cpu_us_per_request"],
+          *(r.get(key) for _, key in helpers), r["other_cpu_s"],
           r["steal_pct"], *([r.get("unsent"), r.get("behind_s")] if open_loop else [])]
          for t in entry["targets"].values() for r in t["runs"]])
 
 
 def sweep_md(entry: dict[str, Any]) -> str:
+    helpers = helper_columns(entry)
     parts = []
     for name, t in entry["targets"].items():
         best = "none (even the first rate missed)" if t["best_rate"] is None else (
@@ -187,20 +206,38 @@ def sweep_md(entry: dict[str, Any]) -> str:
                      "(more --processes or --connections, or a bigger machine)")
         parts += [f"**{name}**: highest rate with p99 ≤ {t['target_p99_ms']:g} ms: {best}", "",
                   md_table(["offered req/s", "RPS", "p50 ms", "p99 ms", "p99.9 ms", "errors",
-                            "CPU-µs/req", "result"],
+                            "CPU-µs/req", *(column for column, _ in helpers), "result"],
                            [[s["rate"], s["rps"], s["p50_ms"], s["p99_ms"], s["p999_ms"],
-                             s["errors"], s["cpu_us_per_request"], "ok" if s["ok"] else s["why"]]
+                             s["errors"], s["cpu_us_per_request"],
+                             *(s.get(key) for _, key in helpers), "ok" if s["ok"] else s["why"]]
                             for s in t["steps"]]), ""]
     return "\n".join(parts)
 
 
 def scale_md(entry: dict[str, Any]) -> str:
+    names = dict.fromkeys(h for t in entry["targets"].values() for p in t["points"]
+                          for h in p.get("helpers", ()))
+    helpers = [(f"{h} CPU-µs/req", f"{h}_cpu_us_per_request") for h in names]
     rows = [[name, p["workers"], p["rps"], p["efficiency"], p["p50_ms"], p["p99_ms"],
-             p["errors"], p["cpu_us_per_request"], p["rss_mb"],
-             "yes" if p["oversubscribed"] else ""]
+             p["errors"], p["cpu_us_per_request"], *(p.get(key) for _, key in helpers),
+             p["rss_mb"], "yes" if p["oversubscribed"] else ""]
             for name, t in entry["targets"].items() for p in t["points"]]
     return md_table(["target", "workers", "RPS", "efficiency vs linear", "p50 ms", "p99 ms",
-                     "errors", "CPU-µs/req", "peak RSS MB", "fewer cores than 2 x workers"], rows)
+                     "errors", "CPU-µs/req", *(column for column, _ in helpers), "peak RSS MB",
+                     "fewer cores than 2 x workers"], rows)
+
+
+def helpers_note(entry: dict[str, Any]) -> str:
+    names = list(entry.get("helpers", ()))
+    if not names:
+        return ""
+    note = (f" The scenario's own processes ({', '.join(names)}) are measured the same way "
+            "and shown apart, never in the proxy's CPU-µs/req")
+    if "redis" in names:
+        note += ("; redis cmds/req = EVALSHA + EVAL calls in Redis's INFO commandstats during "
+                 "the run / requests completed (the limiter sends 2 per request: the customer "
+                 "and the global script)")
+    return note + "."
 
 
 def scenario_md(name: str, entry: dict[str, Any]) -> list[str]:
@@ -225,7 +262,8 @@ def scenario_md(name: str, entry: dict[str, Any]) -> list[str]:
     parts += [f"{s['runs']} runs x {s['duration_s']:g} s per target, alternating; {load}; "
               f"GET {s['path']}; {s['workers']} worker(s) each. Figures are medians over the "
               "runs (errors: total; peak RSS: max). CPU-µs/req = (utime+stime of master+workers "
-              "during the run) / requests completed.", "", load_table(entry), "",
+              "during the run) / requests completed." + helpers_note(entry), "",
+              load_table(entry), "",
               verdict_md(entry["verdict"]), "", "Per run:", "", runs_table(entry), ""]
     notes = [f"- {p}: not run: {why}" for p, why in entry["peers_not_run"].items()]
     notes += [f"- {n}: process tree changed during run(s) {t['process_changes']}"

@@ -24,6 +24,8 @@ import os
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from fastgw._speedups import RequestHead
     from fastgw.auth.context import CustomerContext
     from fastgw.http.downstream import DownstreamProtocol
@@ -74,6 +76,7 @@ class Exchange:
         "conn",
         "continue_sent",
         "customer",
+        "end_hook",
         "head",
         "http_minor",
         "keep_alive",
@@ -84,6 +87,7 @@ class Exchange:
         "query",
         "reply",
         "request_id",
+        "response_headers",
         "response_started",
         "route",
         "started_s",
@@ -120,8 +124,13 @@ class Exchange:
         self.upstream: UpstreamProtocol | None = None
         self.candidates: tuple[int, ...] = ()
         self.attempt = 0
+        # Called once when the exchange ends (DONE or ABORTED): a stage that holds something
+        # for the exchange's lifetime (a concurrency slot) gives it back here.
+        self.end_hook: Callable[[], None] | None = None
         # Response.
         self.reply: ErrorReply | None = None
+        # Header lines a stage adds to the response, proxied or gateway-made (RateLimit-*).
+        self.response_headers = b""
         self.local_status = 0
         self.local_body = b""
         self.status = 0
@@ -135,6 +144,9 @@ class Exchange:
                 f"illegal exchange move {STATE_NAMES[self.state]} -> {STATE_NAMES[new_state]}"
             )
         self.state = new_state
+        if new_state >= DONE and self.end_hook is not None:
+            hook, self.end_hook = self.end_hook, None
+            hook()
 
     def respond_local(self, status: int, body: bytes) -> None:
         """A stage answers with a JSON body of its own (health endpoints)."""

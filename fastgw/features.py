@@ -17,6 +17,8 @@ AVAILABLE: Final = frozenset(
         "dev-tokens",  # development bearer tokens (gateway.authentication.development)
         "jwt",  # JWT verification, verified-token cache, revocation (gateway.authentication)
         "round-robin",  # weighted round robin over routing.metald_instances
+        "memory-limits",  # every rate-limit level, shared by the workers (backend: memory)
+        "redis-limits",  # the same levels in Redis (Lua, one round trip, Cluster, on_failure)
     }
 )
 

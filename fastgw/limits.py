@@ -74,3 +74,37 @@ MAX_CACHED_HEADERS: Final = 64
 """Decoded JOSE headers a worker keeps (one issuer has a few: one per kid and alg)."""
 MAX_DEV_CONTEXTS: Final = 10_000
 """Development-token contexts a worker keeps (beyond that they are built per request)."""
+
+# Hot-path Redis client (fastgw/resp, docs/redis-client.md).
+REDIS_MAX_PENDING_PER_CONNECTION: Final = 10_000
+"""Commands sent or queued on one Redis connection and not yet answered (timed-out ones whose
+late reply is still due count too); one more is refused at once with ``RedisOverloaded``.
+10,000 is far above a healthy gateway's need (a worker at 50k requests/s with 50 ms deadlines
+has at most 2,500 in flight) and caps the memory of a stalled server at a few MB per connection."""
+
+REDIS_CONNECT_TIMEOUT_S: Final = 1.0
+"""Deadline of opening one Redis connection: TCP/unix connect plus AUTH, SELECT and PING."""
+
+REDIS_DEAD_PEER_MIN_S: Final = 1.0
+REDIS_DEAD_PEER_TIMEOUTS: Final = 20
+"""A connection with commands pending that has received no byte for
+``max(REDIS_DEAD_PEER_MIN_S, REDIS_DEAD_PEER_TIMEOUTS * timeout_s)`` is closed and reopened: the
+peer is gone (a silent network drop), or stalled for far longer than any deadline."""
+
+REDIS_RECONNECT_BACKOFF_MIN_S: Final = 0.05
+REDIS_RECONNECT_BACKOFF_MAX_S: Final = 2.0
+"""Pause before reconnecting a lost or failed Redis connection: doubling from MIN to MAX, each
+pause drawn in [pause/2, pause] (jitter, so workers do not reconnect in lock step)."""
+
+REDIS_CLUSTER_MAX_REDIRECTS: Final = 3
+"""``-MOVED``/``-ASK`` redirects one command may follow; the next one is its error reply."""
+
+REDIS_CLUSTER_REFRESH_INTERVAL_S: Final = 0.1
+"""Least time between two Cluster slot-map refreshes (``CLUSTER SLOTS``); one at most in flight."""
+
+REDIS_CLUSTER_MAX_NODES: Final = 1000
+"""Cluster nodes a client keeps connections to (the Redis Cluster spec's size limit); a
+redirect to a node beyond it fails with ``RedisUnavailable``."""
+
+REDIS_CLOSE_TIMEOUT_S: Final = 1.0
+"""How long ``aclose()`` waits for the transports it aborted to report ``connection_lost``."""

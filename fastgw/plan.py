@@ -10,10 +10,12 @@ config compiles before any worker starts.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from fastgw.auth.service import AuthService
+from fastgw.ratelimit.service import LimitService
 from fastgw.replies import ErrorReply, ReplyTable
 from fastgw.router import Router
 from fastgw.routing.balancer import WeightedRoundRobin
@@ -59,6 +61,7 @@ class Plan:
         "backends",
         "common_headers",
         "forwarded_proto",
+        "limits",
         "pools",
         "replies",
         "router",
@@ -71,6 +74,7 @@ class Plan:
         config: Config,
         pools: list[UpstreamPool],
         workers: int,
+        limits_fd: int = -1,
     ) -> None:
         server = config.gateway.server
         self.settings = Settings(
@@ -98,6 +102,7 @@ class Plan:
         self.pools = pools
         self.backends = BackendView(pools)
         self.auth = AuthService(config, self.replies)
+        self.limits = LimitService(config, self.replies, workers=workers, table_fd=limits_fd)
         self.router = self._build_router(config)
 
     def _build_router(self, config: Config) -> Router[RoutePlan]:
@@ -105,7 +110,13 @@ class Plan:
         weights = [instance.weight for instance in config.routing.metald_instances]
         balancer = WeightedRoundRobin(weights)
         keys = self.auth.keys
-        ready = Ready(self.backends, None if keys is None else lambda: len(keys.ring) > 0)
+        checks: list[tuple[str, Callable[[], bool]]] = []
+        if keys is not None:
+            checks.append(("jwt_keys", lambda: len(keys.ring) > 0))
+        limits_ready = self.limits.readiness
+        if limits_ready is not None:
+            checks.append(("redis", limits_ready))
+        ready = Ready(self.backends, checks)
         exact: list[tuple[bytes, RoutePlan]] = [
             (b"/health", RoutePlan("health", HEALTH_METHODS, (Health(self.backends).on_request,))),
             (
@@ -123,6 +134,7 @@ class Plan:
             steps: list[Step] = []
             if route.auth == "required":
                 steps.append(self.auth.stage.on_request)
+                steps.append(self.limits.stage(route.endpoint).on_request)
                 if route.permissions or route.features:
                     grants = RequireGrants(
                         frozenset(p.encode("ascii") for p in route.permissions),
@@ -131,6 +143,8 @@ class Plan:
                         self.auth.counts,
                     )
                     steps.append(grants.on_request)
+            elif self.limits.covers_anonymous:
+                steps.append(self.limits.stage(route.endpoint).on_request)
             steps.append(forward.on_request)
             methods = frozenset(m.encode("ascii") for m in route.methods) or None
             plan = RoutePlan(route.endpoint, methods, tuple(steps))
@@ -186,4 +200,4 @@ def check_plan(config: Config) -> None:
     The master calls this before forking, so a config that cannot become a plan fails once,
     loudly, instead of in every worker.
     """
-    Plan(config, [], workers=1)
+    Plan(config, [], workers=1).limits.close()

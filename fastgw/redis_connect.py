@@ -2,7 +2,8 @@
 
 This module owns how the config's address, password, database, pool size and timeout become
 redis-py arguments, for the sync client (the ``fastgw revoke`` command) and the asyncio client
-(workers: the revocation poller, the Redis rate limiter), standalone or Redis Cluster. It holds
+(workers: the revocation poller), standalone or Redis Cluster. The rate limiter's hot path
+uses ``fastgw.resp`` instead (see ``fastgw/ratelimit/service.py``). It holds
 no connection itself: every caller owns the client it asks for and closes it (``close()`` /
 ``await aclose()``).
 
@@ -148,3 +149,4 @@ def async_client(
     if config.cluster:
         return redis.asyncio.cluster.RedisCluster(**kwargs)
     return redis.asyncio.Redis(**kwargs)
+

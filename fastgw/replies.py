@@ -179,6 +179,7 @@ class ReplyTable:
         "forbidden",
         "headers_too_large",
         "ip_blocked",
+        "limits_unavailable",
         "no_healthy_upstream",
         "no_route",
         "overloaded",
@@ -207,6 +208,10 @@ class ReplyTable:
         self.no_healthy_upstream = ErrorReply(NO_HEALTHY_UPSTREAM, common_headers)
         self.circuit_open = ErrorReply(CIRCUIT_OPEN, common_headers)
         self.overloaded = ErrorReply(OVERLOADED, common_headers)
+        # Redis down with gateway.rate_limiting.on_failure: closed.
+        self.limits_unavailable = ErrorReply(
+            OVERLOADED, common_headers, "rate limiter unavailable"
+        )
         self.upstream_timeout = ErrorReply(UPSTREAM_TIMEOUT, common_headers)
 
     def bad_request_because(self, reason: str, common_headers: bytes) -> ErrorReply:

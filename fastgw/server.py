@@ -23,9 +23,10 @@ REAP_INTERVAL_S: Final = 5.0
 
 
 class GatewayServer:
-    def __init__(self, config: Config, workers: int = 1) -> None:
+    def __init__(self, config: Config, workers: int = 1, limits_fd: int = -1) -> None:
         self._config = config
         self._workers = workers
+        self._limits_fd = limits_fd  # the master's shared limit table; -1: make one
         self._server: asyncio.Server | None = None
         self._ctx: WorkerContext | None = None
         self._reaper: asyncio.TimerHandle | None = None
@@ -45,11 +46,12 @@ class GatewayServer:
         loop = asyncio.get_running_loop()
         ctx = WorkerContext(loop)
         pools = make_pools(self._config, loop, ctx.read_buffer)
-        ctx.plan = Plan(self._config, pools, self._workers)
+        ctx.plan = Plan(self._config, pools, self._workers, self._limits_fd)
         self._ctx = ctx
         server = self._config.gateway.server
         try:
             await ctx.plan.auth.start()
+            await ctx.plan.limits.start()
             if sock is None:
                 self._server = await loop.create_server(
                     lambda: DownstreamProtocol(ctx), server.host, server.port, backlog=2048
@@ -60,6 +62,7 @@ class GatewayServer:
                 )
         except BaseException:
             await ctx.plan.auth.aclose()  # no background task outlives a failed start
+            await ctx.plan.limits.aclose()
             raise
         self._schedule_reap()
 
@@ -113,3 +116,4 @@ class GatewayServer:
                     conn.transport.abort()
             for pool in ctx.plan.pools:
                 pool.close_all()
+            await ctx.plan.limits.aclose()  # after the aborts: no request uses its table now

@@ -50,6 +50,7 @@ from fastgw.errors import BootError
 from fastgw.limits import HEARTBEAT_TIMEOUT_S, RESPAWN_BACKOFF_MAX_S
 from fastgw.listen import reserve_port
 from fastgw.plan import check_plan
+from fastgw.ratelimit.shared import create_table_fd, open_table
 from fastgw.worker import BOOT_ERROR_EXIT, BOOTING, READY, STOPPING, WorkerProcess, WorkerSpec
 
 if TYPE_CHECKING:
@@ -127,9 +128,14 @@ def run_serve(
         print(f"fastgw serve: {error}", file=sys.stderr)
         return BOOT_ERROR_EXIT
     size = workers or server.workers or os.cpu_count() or 1
-    return Supervisor(config_path, workers, drain_timeout_s, on_ready).run(
-        Generation(1, config, listener, size)
-    )
+    # One limit table for the instance's life: every worker of every generation shares it.
+    limits_fd = create_table_fd(config.gateway.rate_limiting.max_keys)
+    try:
+        return Supervisor(config_path, workers, drain_timeout_s, on_ready, limits_fd).run(
+            Generation(1, config, listener, size)
+        )
+    finally:
+        os.close(limits_fd)
 
 
 def _freeze() -> None:
@@ -149,8 +155,13 @@ class Supervisor:
         workers: int | None,
         drain_timeout_s: float,
         on_ready: Callable[[str, int], None] | None = None,
+        limits_fd: int = -1,
     ) -> None:
         self._on_ready_hook = on_ready
+        self._limits_fd = limits_fd
+        # The master's own view of the table: only to free the locks of a worker that died
+        # holding one (nginx does the same for its shared-memory zones).
+        self._limits = open_table(limits_fd) if limits_fd >= 0 else None
         self._config_path = config_path
         self._workers_override = workers  # --workers beats the config, across reloads too
         self._drain_timeout_s = drain_timeout_s
@@ -237,7 +248,14 @@ class Supervisor:
     def _spawn(self, generation: Generation, slot: int) -> None:
         host, port = generation.address
         spec = WorkerSpec(
-            generation.config, host, port, generation.size, self._drain_timeout_s, -1, os.getpid()
+            generation.config,
+            host,
+            port,
+            generation.size,
+            self._drain_timeout_s,
+            -1,
+            os.getpid(),
+            self._limits_fd,
         )
         inherited = {self._wake_r, self._wake_w, *(c.fd for c in self._children.values())}
         inherited |= {g.listener.fileno() for g in (self._current, self._next) if g is not None}
@@ -254,6 +272,8 @@ class Supervisor:
             if pid == 0:
                 return
             child = self._children.pop(pid, None)
+            if self._limits is not None and self._limits.release_locks_of(pid):
+                log.warning("worker %d died holding a rate-limit table lock; freed it", pid)
             if child is not None:
                 self._on_exit(child, status)
 

@@ -94,6 +94,7 @@ class WorkerSpec:
     drain_timeout_s: float
     pipe_fd: int  # write end of this worker's pipe to the master
     master_pid: int
+    limits_fd: int = -1  # the instance's shared rate-limit table (inherited); -1: make one
 
 
 def reset_signals() -> None:
@@ -138,7 +139,7 @@ class Worker:
         sock: socket.socket | None = None
         try:
             sock = bind_listener(spec.host, spec.port)
-            server = GatewayServer(spec.config, spec.workers)
+            server = GatewayServer(spec.config, spec.workers, spec.limits_fd)
             await server.start(sock)
         except BootError as error:
             return self._boot_failed(str(error), sock)

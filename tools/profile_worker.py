@@ -4,9 +4,11 @@
                                    [--connections 50] [--threads 1] [--rate HZ]
                                    [--path PATH] [--out DIR]
 
-Starts the processes ``python -m bench run`` starts for the scenario (``bench.scenarios``: its
-backends, and fastgw with its gateway config), checks that one GET of the scenario's path (or
-``--path``) answers 200, puts wrk on fastgw, and records the first worker of the fastgw master
+Starts the processes ``python -m bench run`` starts for the scenario (``bench.scenarios``: what
+``Scenario.prepare`` makes -- its files, its helper processes such as a Redis, its request
+headers such as a bearer token --, its backends, and fastgw with its gateway config), checks
+that one GET of the scenario's path (or ``--path``) with those headers answers 200, puts wrk
+on fastgw sending the same headers, and records the first worker of the fastgw master
 with ``py-spy record --format flamegraph --nonblocking``. Prints the SVG's path and the load's
 requests per second. Output: DIR/flame-worker-PID.svg, DIR/logs/ (the services' and wrk's
 output), DIR/fastgw.yaml (default DIR: bench/out/profile-<UTC time>). A scenario that is
@@ -68,7 +70,7 @@ from bench.peers import python_env, start_backend, start_fastgw  # noqa: E402
 from bench.procs import BenchError, Services, tree_pids  # noqa: E402
 from bench.profile import RATE_HZ  # noqa: E402
 from bench.runner import check_targets  # noqa: E402
-from bench.scenarios import ALIASES, SCENARIOS, Scenario  # noqa: E402
+from bench.scenarios import ALIASES, SCENARIOS, Headers, Scenario  # noqa: E402
 from bench.wrk import parse, wrk_argv, wrk_binary  # noqa: E402
 from fastgw.cli import positive_duration, positive_int  # noqa: E402
 
@@ -76,6 +78,7 @@ LOAD_READY_S: Final = 10.0  # wrk's connections must reach the worker within thi
 LOAD_POLL_S: Final = 0.05
 SPY_GRACE_S: Final = 30.0  # py-spy's limit beyond the sampling time
 WRK_STOP_S: Final = 10.0  # from SIGINT to wrk's summary
+PREPARE_SLACK_S: Final = 120.0  # starting and probing the services (the scenario's token)
 TCP_ESTABLISHED: Final = "01"  # the ``st`` column of /proc/net/tcp
 #: Runs in a fresh interpreter: PR_SET_PDEATHSIG for itself, then exec wrk (argv[2:]). Set
 #: here, not in a preexec_fn; exits if the parent (argv[1]) died before it was set.
@@ -146,12 +149,12 @@ class Wrk:
     dies), its output in a log file; :meth:`kill` is safe to call at any time."""
 
     def __init__(self, url: str, *, duration_s: int, connections: int, threads: int,
-                 out: Path) -> None:
+                 out: Path, headers: Headers = ()) -> None:
         self.connections = connections
         self.log_path = out / "logs" / "wrk.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.argv = wrk_argv(url, duration_s=duration_s, connections=connections,
-                             threads=threads, script_dir=out)
+                             threads=threads, script_dir=out, headers=headers)
         with open(self.log_path, "wb") as log:
             try:
                 self.popen = subprocess.Popen(
@@ -192,7 +195,7 @@ class Wrk:
 
 
 def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
+    inodes: set[str] = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
@@ -277,16 +280,18 @@ def profile(args: argparse.Namespace, scenario: Scenario) -> tuple[Path, LoadRes
     if spy_binary is None:
         raise BenchError("py-spy not found on PATH (pip install py-spy)")
     wrk_binary()  # BenchError when missing: before anything is started
-    assert scenario.gateway_config is not None  # choose_scenario() checked
     path = args.path or scenario.path
     out = _out_dir(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    wrk_s = math.ceil(LOAD_READY_S + args.duration + SPY_GRACE_S + WRK_STOP_S)
     with Services() as services:
+        # the scenario's files, helpers (started first: stopped last) and request headers
+        prepared = scenario.prepare(out, wrk_s + PREPARE_SLACK_S, services)
         backends = [start_backend(services, out, name=f"bench-backend-{i + 1}")
                     for i in range(scenario.backends)]
         fastgw = start_fastgw(services, out, backends, workers=args.workers,
-                              config=scenario.gateway_config)
-        check_targets([fastgw], path)
+                              config=prepared.config)
+        check_targets([fastgw], path, prepared.headers)
         pids = tree_pids(fastgw.service.pid)
         if len(pids) < 2:
             raise BenchError("fastgw has no worker process to profile")
@@ -299,9 +304,8 @@ def profile(args: argparse.Namespace, scenario: Scenario) -> tuple[Path, LoadRes
         # wrk's -d is an upper bound: it is stopped (SIGINT) as soon as py-spy is done
         wrk: Wrk | None = None
         try:
-            wrk = Wrk(fastgw.url(path), duration_s=math.ceil(
-                LOAD_READY_S + args.duration + SPY_GRACE_S + WRK_STOP_S),
-                connections=args.connections, threads=args.threads, out=out)
+            wrk = Wrk(fastgw.url(path), duration_s=wrk_s, connections=args.connections,
+                      threads=args.threads, out=out, headers=prepared.headers)
             wait_for_load(wrk, worker, fastgw.port)
             svg = out / f"flame-worker-{worker}.svg"
             _record(spy_binary, worker, svg, args)

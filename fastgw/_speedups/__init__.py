@@ -41,11 +41,12 @@ __all__ = [
     "Build",
     "HashRing",
     "HeaderError",
+    "LimitTable",
     "RequestHead",
     "ResponseHead",
-    "TokenBucketTable",
     "both_builds",
     "bucket_py",
+    "customer_fingerprint",
     "extract_bearer",
     "hash64",
     "hashring_py",
@@ -55,6 +56,8 @@ __all__ = [
     "no_extensions_requested",
     "scan_request_head",
     "scan_response_head",
+    "sets_for_keys",
+    "table_bytes",
 ]
 
 KERNELS: Final = ("headers", "hashring", "bucket")
@@ -118,7 +121,12 @@ IMPLEMENTATION: Final[str] = _ACTIVE.name
 MAX_RING_POINTS: Final = hashring_py.MAX_RING_POINTS
 
 if TYPE_CHECKING:  # the spec's types; at run time the chosen build's objects (same API)
-    from fastgw._speedups.bucket_py import TokenBucketTable
+    from fastgw._speedups.bucket_py import (
+        LimitTable,
+        customer_fingerprint,
+        sets_for_keys,
+        table_bytes,
+    )
     from fastgw._speedups.hashring_py import HashRing, hash64
     from fastgw._speedups.headers_py import (
         HeaderError,
@@ -139,4 +147,7 @@ else:
     extract_bearer = _ACTIVE.headers.extract_bearer
     hash64 = _ACTIVE.hashring.hash64
     HashRing = _ACTIVE.hashring.HashRing
-    TokenBucketTable = _ACTIVE.bucket.TokenBucketTable
+    LimitTable = _ACTIVE.bucket.LimitTable
+    customer_fingerprint = _ACTIVE.bucket.customer_fingerprint
+    table_bytes = _ACTIVE.bucket.table_bytes
+    sets_for_keys = _ACTIVE.bucket.sets_for_keys

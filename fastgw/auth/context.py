@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 from fastgw.auth.errors import TokenError
 from fastgw.limits import CUSTOMER_ID
+from fastgw.ratelimit.policy import check_overrides
 
 if TYPE_CHECKING:
     from fastgw.config.gateway import ClaimNamesConfig
+    from fastgw.ratelimit.policy import CustomerLimits
 
 _NAME: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}\Z")
 # Permissions and feature names: a little wider than names (``vm:create``, ``admin/*``), never
@@ -51,6 +53,7 @@ class CustomerContext:
         "permissions",
         "pool",
         "quotas",
+        "rate_limits",
         "tier",
         "valid_until",
     )
@@ -78,6 +81,9 @@ class CustomerContext:
         self.jti = jti
         self.iat = iat
         self.valid_until = valid_until
+        # This customer's resolved limit numbers, filled by the rate-limit stage on first use
+        # (fastgw.ratelimit.policy.LimitPolicy.customer_limits): the one mutable slot.
+        self.rate_limits: CustomerLimits | None = None
         listed = EVERY_PERMISSION if permissions is None else b",".join(permission_list)
         self.headers = b"".join(
             (
@@ -180,6 +186,10 @@ def _quotas(value: object) -> Mapping[str, float] | None:
             or not 0 <= amount < 2**53
         ):
             raise TokenError("quotas claim holds an invalid entry")
+    try:
+        check_overrides(value)
+    except ValueError as exc:
+        raise TokenError(f"quotas claim: {exc}") from None
     return value
 
 

@@ -269,7 +269,7 @@ class RedisConfig:
     pool_size: int = setting(10, "Connections per worker.", range=(1, 1000))
     cluster: bool = setting(False, "Speak the Redis Cluster protocol.")
     timeout_s: float = seconds(
-        0.05,
+        0.02,
         "Deadline of one limiter call; past it on_failure applies.",
         "timeout",
         positive=True,
@@ -292,6 +292,12 @@ class RateLimitingConfig:
         "local",
         "When Redis fails: local (in-process limits), open (allow) or closed (reject).",
         choices=("local", "open", "closed"),
+    )
+    max_keys: int = setting(
+        262_144,
+        "Keys of the in-process limiter shared by the workers (backend memory, and on_failure "
+        "local): about 33 bytes each; a full table forgets the key closest to refilling.",
+        range=(1024, 1 << 28),
     )
 
 

@@ -230,6 +230,13 @@ class RateLimitsConfig:
     default_tier: str = setting(
         "free", "Tier of tokens whose tier is missing or unknown (must be in customer_tiers)."
     )
+    shadow: tuple[str, ...] = setting(
+        (),
+        "Levels that only count what they would limit (customer, endpoint, quota, global).",
+        choices=("customer", "endpoint", "quota", "global"),
+        unique=True,
+        scalar_ok=True,
+    )
 
 
 # ----------------------------------------------------------------------------------- routes

@@ -313,3 +313,6 @@ def _check_rate_limits(
     lone_burst = top.burst_size is not None and top.requests_per_second is None
     if lone_burst and not found.tainted(f"{path}.global.requests_per_second"):
         found.add(f"{path}.global.burst_size", "needs requests_per_second")
+    if top.algorithm == "sliding_window":
+        found.add(f"{path}.global.algorithm", "sliding_window is not implemented yet: use "
+                  "token_bucket (window_size is then not used)")

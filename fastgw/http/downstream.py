@@ -433,7 +433,8 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         route = ex.route
         assert route is not None
         ex.move(IN_CHAIN)
-        if run_chain(ex, route.steps) == RESPOND:
+        # A paused stage that decided to answer sets ex.reply before resuming.
+        if ex.reply is not None or run_chain(ex, route.steps) == RESPOND:
             self._send_reply(ex)
         # PAUSE: a stage owns the exchange now (forward, or an async check that resumes it).
 
@@ -447,7 +448,13 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         if reply is not None:
             ex.status = reply.status
             transport.writelines(
-                reply.render(ex.request_id, date, close, head_only=ex.method == b"HEAD")
+                reply.render(
+                    ex.request_id,
+                    date,
+                    close,
+                    ex.response_headers,
+                    head_only=ex.method == b"HEAD",
+                )
             )
         else:
             ex.status = ex.local_status
@@ -568,6 +575,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
             status_line(status),
             response.forward_block,
             plan.common_headers,
+            ex.response_headers,
             framing,
             connection,
             CRLF,

@@ -49,6 +49,7 @@ __all__ = [
     "Level",
     "decode_reply",
     "endpoint_burst",
+    "longer_wait",
 ]
 
 MAX_BURST: Final = 1_000_000_000
@@ -85,6 +86,13 @@ def endpoint_burst(rate_per_s: float) -> int:
     """The per-customer-per-endpoint bucket size: one second of the rate, at least 1 (the same
     rule as ``burst_size`` left unset in ``rate_limits.customer_tiers``)."""
     return max(1, math.ceil(rate_per_s))
+
+
+def longer_wait(a: int, b: int) -> bool:
+    """Wait ``a`` (ms) is strictly longer than ``b``; -1 (never) is the longest."""
+    if b == -1:
+        return False
+    return a == -1 or a > b
 
 
 def _check_rate(name: str, rate_per_s: float) -> None:

@@ -23,7 +23,13 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-from fastgw.ratelimit.decision import CustomerRequest, Decision, GlobalRequest, Level
+from fastgw.ratelimit.decision import (
+    CustomerRequest,
+    Decision,
+    GlobalRequest,
+    Level,
+    longer_wait,
+)
 
 __all__ = ["DAY_US", "UT", "ReferenceModel"]
 
@@ -71,6 +77,22 @@ class ReferenceModel:
 
     def decide(self, request: CustomerRequest, now_us: int) -> Decision:
         """``customer.lua`` at ``now_us``."""
+        return self._decide(self._customer_levels(request, now_us), request.shadow, now_us)
+
+    def decide_all(
+        self, request: CustomerRequest, global_request: GlobalRequest | None, now_us: int
+    ) -> Decision:
+        """The memory backend's decision (``fastgw._speedups.LimitTable.decide``): the customer's
+        levels and the global bucket decided together, so a refusal by any takes from none."""
+        levels = self._customer_levels(request, now_us)
+        shadow = request.shadow & ~Level.GLOBAL.bit
+        if global_request is not None:
+            levels.append(self._global_level(global_request, now_us, b""))
+            if global_request.shadow:
+                shadow |= Level.GLOBAL.bit
+        return self._decide(levels, shadow, now_us)
+
+    def _customer_levels(self, request: CustomerRequest, now_us: int) -> list[_Level]:
         cid = request.customer_id
         key: tuple[object, ...]
         levels = [
@@ -107,11 +129,15 @@ class ReferenceModel:
             levels.append(
                 _Level(Level.QUOTA, cost, used, wait, quota, key, reset_ms=to_midnight_ms)
             )
-        return self._decide(levels, request.shadow, now_us)
+        return levels
 
     def decide_global(self, request: GlobalRequest, now_us: int, name: bytes = b"") -> Decision:
         """``global.lua`` at ``now_us`` (``name`` tells global buckets apart, like their key)."""
-        level = self._bucket(
+        level = self._global_level(request, now_us, name)
+        return self._decide([level], Level.GLOBAL.bit if request.shadow else 0, now_us)
+
+    def _global_level(self, request: GlobalRequest, now_us: int, name: bytes) -> _Level:
+        return self._bucket(
             Level.GLOBAL,
             ("g", name),
             rate=request.rate_per_s,
@@ -119,7 +145,6 @@ class ReferenceModel:
             take=request.cost,
             now_us=now_us,
         )
-        return self._decide([level], Level.GLOBAL.bit if request.shadow else 0, now_us)
 
     # -------------------------------------------------------------------------- the Lua, mirrored
 
@@ -181,9 +206,9 @@ class ReferenceModel:
             if level.wait != 0:
                 mask |= level.code.bit
                 if shadow & level.code.bit:
-                    if shadow_wait == 0 or _longer(level.wait, shadow_wait):
+                    if shadow_wait == 0 or longer_wait(level.wait, shadow_wait):
                         shadow_wait = level.wait
-                elif refused is Level.NONE or _longer(level.wait, refused_wait):
+                elif refused is Level.NONE or longer_wait(level.wait, refused_wait):
                     refused, refused_wait = level.code, level.wait
         header, limit, remaining, reset_ms = Level.NONE, 0, 0, 0
         best_calls, best_reset = -1, -1
@@ -216,10 +241,3 @@ class ReferenceModel:
             reset_ms,
             now_us,
         )
-
-
-def _longer(a: int, b: int) -> bool:
-    """Wait ``a`` is strictly longer than ``b`` (-1, never, is the longest)."""
-    if b == -1:
-        return False
-    return a == -1 or a > b

@@ -83,18 +83,24 @@ class DetailedHealth(Health):
 
 
 class Ready(Health):
-    __slots__ = ("_has_keys",)
+    """``/ready``: a backend instance is reachable and every other dependency named in
+    ``checks`` (``jwt_keys`` when a key source is configured, ``redis`` when a Redis outage
+    refuses requests) says it is usable."""
 
-    def __init__(self, backends: BackendView, has_keys: Callable[[], bool] | None = None) -> None:
+    __slots__ = ("_checks",)
+
+    def __init__(
+        self, backends: BackendView, checks: Sequence[tuple[str, Callable[[], bool]]] = ()
+    ) -> None:
         super().__init__(backends)
-        self._has_keys = has_keys  # None: no JWT key source configured
+        self._checks = tuple(checks)
 
     def on_request(self, ex: Exchange) -> int:
         ready = self._backends.reachable() > 0
         dependencies = ["metald"]
-        if self._has_keys is not None:
-            dependencies.append("jwt_keys")
-            ready = ready and self._has_keys()
+        for name, usable in self._checks:
+            dependencies.append(name)
+            ready = ready and usable()
         body = {"ready": ready, "dependencies": dependencies}
         ex.respond_local(200 if ready else 503, orjson.dumps(body))
         return RESPOND

@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from tests.support import jwt_attacks as ja
-from tests.support.client import RawClient, Response, get
+from tests.support.client import RawClient, Response, assert_error, get
 from tests.support.gateway import ECHO_ROUTES, Running, eventually, running, uvloop_test
 
 PRIVATE = "/echo/private/x"
@@ -79,19 +79,6 @@ def bearer(token: bytes | str) -> dict[str, str]:
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {name: after[name] - before[name] for name in after if after[name] != before[name]}
-
-
-def assert_error(response: Response, status: int, code: str) -> None:
-    assert response.status == status, response.body
-    assert response.header("content-type") == b"application/json"
-    body = response.json()
-    assert isinstance(body, dict)
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    request_id = response.header("x-request-id")
-    assert request_id is not None
-    assert body["error"]["request_id"] == request_id.decode()
 
 
 def assert_unauthorized(response: Response) -> None:

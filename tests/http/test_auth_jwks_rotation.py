@@ -15,7 +15,7 @@ from typing import Any
 from fastgw.keys import generate_private_key, jwks_document
 from fastgw.tokens import mint_token
 from tests.support.client import RawClient, get
-from tests.support.gateway import ECHO_ROUTES, eventually, running, uvloop_test
+from tests.support.gateway import ECHO_ROUTES, GENEROUS_LIMITS, eventually, running, uvloop_test
 from tests.support.jwks_server import JwksServer
 
 PRIVATE = "/echo/private/x"
@@ -32,7 +32,11 @@ def jwks(*entries: tuple[Any, str]) -> dict[str, Any]:
 def jwks_url_config(url: str) -> dict[str, Any]:
     """Routes with auth, ES256 keys from ``url``, refreshed every ``REFRESH``."""
     jwt = {"jwks_url": url, "algorithm": "ES256", "refresh_interval": REFRESH}
-    return {"gateway": {"authentication": {"jwt": jwt}}, "routes": ECHO_ROUTES}
+    return {
+        "gateway": {"authentication": {"jwt": jwt}},
+        "routes": ECHO_ROUTES,
+        "rate_limits": GENEROUS_LIMITS,
+    }
 
 
 @uvloop_test

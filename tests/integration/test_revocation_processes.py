@@ -47,6 +47,8 @@ def _config(port: int, backend: int, public_pem: Path, redis_address: str) -> st
         "routing:\n"
         f"  metald_instances: [{{host: 127.0.0.1, port: {backend}}}]\n"
         "routes: [{endpoint: Echo, path_prefix: /echo}]\n"
+        "rate_limits:\n"
+        "  customer_tiers: {free: {requests_per_second: 1000000, burst_size: 1000000}}\n"
     )
 
 

@@ -27,7 +27,7 @@ EXPORTED = {
         "extract_bearer",
     ],
     "hashring": ["hash64", "HashRing"],
-    "bucket": ["TokenBucketTable"],
+    "bucket": ["LimitTable", "customer_fingerprint", "sets_for_keys", "table_bytes"],
 }
 
 

@@ -8,6 +8,7 @@ a C-typed local that overflows or rounds differently shows up here first.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -226,37 +227,102 @@ def test_hash_ring_agrees(
 
 # -------------------------------------------------------------------------------- bucket
 
-any_float = st.floats(allow_nan=True, allow_infinity=True)
-times = st.one_of(st.floats(-10.0, 1e4), any_float)
-rates = st.one_of(st.floats(0.0, 1e3), st.sampled_from([1e-300, 1e300]), any_float)
-amounts = st.one_of(st.floats(0.0, 50.0), st.sampled_from([0.0, 1.0, 1e308]), any_float)
-bucket_keys = st.one_of(st.sampled_from([b"a", b"b", "a", 1, (1, 2)]), st.binary(max_size=3))
-operations = st.lists(
+NOW_US = 20_000 * 86_400_000_000 + 43_200_000_000  # noon UTC, day 20000
+INT64 = st.integers(-(2**63), 2**63 - 1)  # the C signature's range (beyond it: OverflowError)
+NAN, INF = float("nan"), float("inf")
+
+valid_rates = st.one_of(
+    st.sampled_from([1e-6, 0.5, 1.0, 3.0, 1e9]), st.floats(1e-6, 1e9), st.integers(1, 100)
+)
+valid_amounts = st.one_of(st.integers(1, 6), st.just(10**9))
+# decide's arguments in range, so that most calls reach a decision and build up state
+valid_decide_arguments = st.tuples(
+    st.one_of(  # now_us: a few instants around one noon, or any time in the next day
+        st.sampled_from([NOW_US, NOW_US + 1, NOW_US + 250_000, NOW_US - 1_000_000]),
+        st.integers(NOW_US, NOW_US + 86_400_000_000),
+    ),
     st.one_of(
-        st.tuples(st.just("take"), bucket_keys, times, rates, amounts, amounts),
-        st.tuples(st.just("peek"), bucket_keys, times, rates, amounts),
-        st.tuples(st.just("remove"), bucket_keys),
-        st.tuples(st.just("len")),
+        st.sampled_from([0, 1, 3, 0x1234_5678_9ABC_DEF1, 2**62 - 1]), st.integers(1, 2**62 - 1)
+    ),
+    valid_amounts,  # cost
+    valid_rates,  # rate
+    valid_amounts,  # burst
+    st.one_of(st.integers(-1, 2), st.sampled_from([-5, 2**61, 2**62 - 1, 2**63 - 1])),
+    valid_rates,  # endpoint_rate
+    valid_amounts,  # endpoint_burst
+    st.one_of(st.integers(-1, 12), st.just(10**15)),  # daily_quota
+    valid_rates,  # global_rate
+    st.one_of(st.integers(0, 6), st.sampled_from([-1, 10**9])),  # global_burst
+    st.integers(0, 15),  # shadow
+)
+FLOAT_ARGUMENTS = frozenset({3, 6, 9})
+any_int = st.one_of(
+    st.sampled_from([0, -1, 2**52, 2**62, 10**9 + 1, 10**15 + 1, 16, 2**63 - 1, -(2**63)]),
+    INT64,
+)
+any_float = st.one_of(
+    st.sampled_from([0.0, -0.0, 9.99e-7, 1.000001e9, NAN, INF, -INF]),
+    st.floats(),
+    st.integers(-2, 10**9 + 2),  # an int where a float is expected
+)
+
+
+@st.composite
+def decide_arguments(draw: st.DrawFn) -> tuple[Any, ...]:
+    """Valid arguments, or valid ones with one or two replaced by anything of their type."""
+    args = list(draw(valid_decide_arguments))
+    for index in draw(st.lists(st.integers(0, len(args) - 1), max_size=2)):
+        args[index] = draw(any_float if index in FLOAT_ARGUMENTS else any_int)
+    return tuple(args)
+
+
+TABLE_ATTRS = (
+    "sets",
+    "capacity",
+    "evictions",
+    "would_refuse",
+    "retry_after_ms",
+    "header_level",
+    "limit",
+    "remaining",
+    "reset_ms",
+)
+table_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("decide"), decide_arguments()),
+        st.tuples(
+            st.just("release_locks_of"),
+            st.tuples(st.one_of(st.integers(-2, 3), st.just(2**31 - 1), INT64)),
+        ),
+        st.tuples(st.just("read"), st.sampled_from(TABLE_ATTRS)),
     ),
     max_size=30,
 )
 
 
-@given(max_keys=st.integers(-1, 4), ops=operations)
+@given(sets=st.integers(1, 4), ops=table_operations)
 @settings(BASE, max_examples=300)
-def test_token_bucket_table_agrees(
-    speedups_pair: Pair, max_keys: int, ops: list[tuple[Any, ...]]
-) -> None:
+def test_limit_table_agrees(speedups_pair: Pair, sets: int, ops: list[tuple[Any, ...]]) -> None:
     py, c = speedups_pair
-    py_table = outcome(py.bucket.TokenBucketTable, max_keys)
-    c_table = outcome(c.bucket.TokenBucketTable, max_keys)
-    if py_table[0] == "raised":
-        assert c_table == py_table
-        return
-    tables = (py_table[1], c_table[1])
-    for op, *args in ops:
-        py_result, c_result = (
-            outcome(len, table) if op == "len" else outcome(getattr(table, op), *args)
-            for table in tables
-        )
-        assert c_result == py_result, (op, args)
+    fds = []
+    tables = []
+    try:
+        for build in (py, c):
+            fd = os.memfd_create("fastgw-agree")
+            fds.append(fd)
+            os.ftruncate(fd, build.bucket.table_bytes(sets))
+            tables.append(build.bucket.LimitTable(fd, create=True))
+        for op, args in ops:
+            if op == "read":
+                py_result, c_result = (outcome(getattr, table, args) for table in tables)
+            else:
+                py_result, c_result = (outcome(getattr(table, op), *args) for table in tables)
+            assert c_result == py_result, (op, args)
+            # after every call, every reply field and counter agrees too
+            py_attrs, c_attrs = (outcome(lambda t=table: t, attrs=TABLE_ATTRS) for table in tables)
+            assert c_attrs == py_attrs, (op, args)
+    finally:
+        for table in tables:
+            table.close()
+        for fd in fds:
+            os.close(fd)

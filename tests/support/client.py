@@ -162,3 +162,18 @@ def post(path: str, body: bytes, host: str = "gw", headers: dict[str, str] | Non
     lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def assert_error(response: Response, status: int, code: str) -> None:
+    """``response`` is the gateway's JSON error (contract A3) with this status and code, and
+    its request id is the one in ``X-Request-ID``."""
+    assert response.status == status, (response.status, response.body)
+    assert response.header("content-type") == b"application/json"
+    body = response.json()
+    assert isinstance(body, dict)
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    request_id = response.header("x-request-id")
+    assert request_id is not None
+    assert body["error"]["request_id"] == request_id.decode()

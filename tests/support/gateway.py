@@ -33,6 +33,11 @@ ECHO_ROUTES: list[dict[str, Any]] = [
     {"endpoint": "CreateVM", "path": "/vmprovisioner.v1.VmService/CreateVm", "methods": ["POST"]},
 ]
 
+# For tests about something else: a default tier no test traffic comes near.
+GENEROUS_LIMITS: dict[str, Any] = {
+    "customer_tiers": {"free": {"requests_per_second": 1e6, "burst_size": 1_000_000}},
+}
+
 
 def uvloop_test(fn: Callable[P, Awaitable[None]]) -> Callable[P, None]:
     """Run an async test function to completion on a fresh uvloop event loop."""

@@ -49,15 +49,16 @@ def results_of(out: Path) -> dict[str, Any]:
 def test_run_measures_fastgw_and_both_peers_and_skips_what_has_not_landed(
         tmp_path: Path) -> None:
     out = tmp_path / "run"
-    done = bench("run", "--scenario", "passthrough,jwt-cached", "--duration", "1s",
+    done = bench("run", "--scenario", "passthrough,full", "--duration", "1s",
                  "--runs", "2", "--warmup", "0", "--peers", "nginx,haproxy",
                  "--target", "p99_ms=1000", "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     results = results_of(out)
     assert results["kind"] == "run"
-    skipped = results["scenarios"]["jwt-cached"]
+    skipped = results["scenarios"]["full"]
     assert skipped["status"] == "skipped"
-    assert "in-process rate limits" in skipped["reason"]  # JWT landed; limits have not
+    assert "consistent-hash routing" in skipped["reason"]  # among what has not landed
+    assert skipped["reason"].endswith("not in this build of fastgw yet")
     entry = results["scenarios"]["passthrough"]
     assert entry["status"] == "ran"
     assert set(entry["targets"]) == {"fastgw", "nginx", "haproxy"}
@@ -78,7 +79,7 @@ def test_run_measures_fastgw_and_both_peers_and_skips_what_has_not_landed(
     # the contract's shape: one scenario ran, so its targets are also at the top
     assert results["targets"]["fastgw"]["rps"] == entry["targets"]["fastgw"]["rps"]
     report = (out / "report.md").read_text()
-    assert "## jwt-cached" in report and "Skipped:" in report
+    assert "## full" in report and "Skipped:" in report
     assert "fastgw/nginx" in report and "Verdict:" in report
     plots = results["plots"]["files"]
     assert {"latency.png", "throughput.png", "cpu.png"} <= set(plots)

@@ -173,7 +173,7 @@ def test_good_ids_pass() -> None:
 def test_connection_kwargs_for_tcp_unix_and_ipv6() -> None:
     tcp = connection_kwargs(RedisConfig(address="redis.local:6380", password="pw", db=3))
     assert (tcp["host"], tcp["port"], tcp["db"], tcp["password"]) == ("redis.local", 6380, 3, "pw")
-    assert tcp["socket_timeout"] == tcp["socket_connect_timeout"] == 0.05
+    assert tcp["socket_timeout"] == tcp["socket_connect_timeout"] == 0.02  # the default timeout
     unix = connection_kwargs(RedisConfig(address="unix:///run/r.sock"), min_timeout_s=1.0)
     assert unix["unix_socket_path"] == "/run/r.sock" and "host" not in unix
     assert unix["password"] is None and unix["socket_timeout"] == 1.0

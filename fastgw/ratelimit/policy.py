@@ -1,0 +1,187 @@
+"""Config → the numbers one rate-limit decision needs, resolved once per plan and per customer.
+
+What it owns
+    ``LimitPolicy``: the tiers, the per-endpoint limits, the global bucket and the shadow mask
+    as plain numbers (ARCHITECTURE A2 ``rate_limits``), and ``customer_limits``: a customer
+    context's numbers with its token's ``quotas`` claim applied, cached on the context.
+
+Invariants
+    * The ``quotas`` claim overrides its tier's numbers by the tier's own key names:
+      ``requests_per_second``, ``burst_size``, ``requests_per_day`` (other names are business
+      quotas for the backends and ignored here). A claim's value outside what a tier may hold
+      makes the token invalid (``check_overrides``, called by the auth layer), so the limiter
+      never meets a number it cannot use.
+    * A customer's numbers are resolved on its first request and kept on its context (one
+      object per verified token, shared by cache hits): no dict lookup per request.
+    * Development tokens (tier ``dev``) have no limits at all (ARCHITECTURE A2: "no limits"),
+      the global level included; they are for development only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from fastgw._speedups import customer_fingerprint, hash64
+from fastgw.ratelimit.decision import (
+    MAX_BURST,
+    MAX_DAILY_QUOTA,
+    MAX_RATE_PER_S,
+    MIN_RATE_PER_S,
+    Level,
+    endpoint_burst,
+)
+
+if TYPE_CHECKING:
+    from fastgw.auth.context import CustomerContext
+    from fastgw.config.model import RateLimitsConfig, TierConfig
+
+__all__ = [
+    "CustomerLimits",
+    "GlobalLimits",
+    "LimitPolicy",
+    "RouteLimits",
+    "check_overrides",
+]
+
+LEVEL_NAMES: Final = {
+    "customer": Level.CUSTOMER,
+    "endpoint": Level.ENDPOINT,
+    "quota": Level.QUOTA,
+    "global": Level.GLOBAL,
+}
+NO_QUOTA: Final = -1  # daily_quota of a customer without one (the kernel's "level off")
+NO_ENDPOINT: Final = -1
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerLimits:
+    """One customer's numbers: its fingerprint for the shared table, and its tier's limits
+    with its ``quotas`` claim applied. ``unlimited``: a development token."""
+
+    customer_id: bytes
+    fingerprint: int
+    rate_per_s: float
+    burst: int
+    daily_quota: int  # NO_QUOTA: none
+    unlimited: bool = False
+    #: mask of the levels this customer's decisions cover (the route adds its own)
+    levels: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        quota = 0 if self.daily_quota == NO_QUOTA else Level.QUOTA.bit
+        object.__setattr__(self, "levels", Level.CUSTOMER.bit | quota)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteLimits:
+    """One route's part: its endpoint's cost and its per-customer endpoint bucket, if any."""
+
+    endpoint: bytes
+    index: int  # NO_ENDPOINT: no endpoint bucket
+    cost: int
+    rate_per_s: float
+    burst: int
+    #: mask of the levels this route adds to a customer's decision
+    levels: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", 0 if self.index == NO_ENDPOINT else Level.ENDPOINT.bit)
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalLimits:
+    rate_per_s: float
+    burst: int
+
+
+def check_overrides(quotas: Mapping[str, float]) -> None:
+    """ValueError when a ``quotas`` claim sets a limit to a value no tier could hold."""
+    rate = quotas.get("requests_per_second")
+    if rate is not None and not MIN_RATE_PER_S <= rate <= MAX_RATE_PER_S:
+        raise ValueError(f"requests_per_second must be in {MIN_RATE_PER_S}..{MAX_RATE_PER_S}")
+    burst = quotas.get("burst_size")
+    if burst is not None and not _whole_in(burst, 1, MAX_BURST):
+        raise ValueError(f"burst_size must be an integer in 1..{MAX_BURST}")
+    day = quotas.get("requests_per_day")
+    if day is not None and not _whole_in(day, 0, MAX_DAILY_QUOTA):
+        raise ValueError(f"requests_per_day must be an integer in 0..{MAX_DAILY_QUOTA}")
+
+
+def _whole_in(value: float, low: int, high: int) -> bool:
+    """``value`` is a whole number in ``low..high`` (NaN and infinities are not)."""
+    return low <= value <= high and value == int(value)
+
+
+class _Tier:
+    __slots__ = ("burst", "daily_quota", "rate_per_s")
+
+    def __init__(self, tier: TierConfig) -> None:
+        self.rate_per_s = float(tier.requests_per_second)
+        self.burst = tier.effective_burst_size
+        quota = tier.requests_per_day
+        self.daily_quota = NO_QUOTA if quota is None else quota
+
+
+class LimitPolicy:
+    """``rate_limits`` as numbers; built once per plan."""
+
+    __slots__ = ("_default", "_routes", "_tiers", "global_limits", "max_concurrent", "shadow")
+
+    def __init__(self, config: RateLimitsConfig) -> None:
+        self._tiers = {
+            name.encode("ascii"): _Tier(tier) for name, tier in config.customer_tiers.items()
+        }
+        self._default = self._tiers[config.default_tier.encode("ascii")]
+        self._routes: dict[str, RouteLimits] = {}
+        for index, (name, endpoint) in enumerate(sorted(config.endpoints.items())):
+            rate = endpoint.requests_per_second
+            self._routes[name] = RouteLimits(
+                name.encode("ascii"),
+                NO_ENDPOINT if rate is None else index,
+                endpoint.cost_weight,
+                0.0 if rate is None else float(rate),
+                0 if rate is None else endpoint_burst(rate),
+            )
+        top = config.global_limit
+        burst = top.effective_burst_size
+        self.global_limits = (
+            None
+            if top.requests_per_second is None or burst is None
+            else GlobalLimits(float(top.requests_per_second), burst)
+        )
+        self.max_concurrent = top.max_concurrent
+        self.shadow = 0
+        for name in config.shadow:
+            self.shadow |= LEVEL_NAMES[name].bit
+
+    def route_limits(self, endpoint: str) -> RouteLimits:
+        """The limits of a route whose endpoint is ``endpoint`` (cost 1, no bucket if unnamed)."""
+        limits = self._routes.get(endpoint)
+        if limits is None:
+            return RouteLimits(endpoint.encode("ascii"), NO_ENDPOINT, 1, 0.0, 0)
+        return limits
+
+    # HOT PATH: one attribute read after a customer's first request.
+    def customer_limits(self, customer: CustomerContext) -> CustomerLimits:
+        limits = customer.rate_limits
+        if limits is None:
+            limits = self._resolve(customer)
+            customer.rate_limits = limits
+        return limits
+
+    def _resolve(self, customer: CustomerContext) -> CustomerLimits:
+        from fastgw.auth.context import DEV_TIER
+
+        fingerprint = customer_fingerprint(hash64(customer.customer_id))
+        if customer.tier == DEV_TIER.encode("ascii"):
+            return CustomerLimits(customer.customer_id, fingerprint, 1.0, 1, NO_QUOTA, True)
+        tier = self._tiers.get(customer.tier, self._default)
+        rate, burst, quota = tier.rate_per_s, tier.burst, tier.daily_quota
+        overrides = customer.quotas
+        if overrides:
+            rate = float(overrides.get("requests_per_second", rate))
+            burst = int(overrides.get("burst_size", burst))
+            quota = int(overrides.get("requests_per_day", quota))
+        return CustomerLimits(customer.customer_id, fingerprint, rate, burst, quota)
