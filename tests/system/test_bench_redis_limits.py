@@ -2,9 +2,10 @@
 its CPU reported as a group of its own beside fastgw's, and Redis's count of the limiter's
 commands per request (2: the customer script and the global one).
 
-The scenario needs the ``redis-limits`` feature; until fastgw lists it, these tests add it to
-``fastgw.features.AVAILABLE`` in this process (the bench reads it only here, and fastgw's Redis
-backend is what runs either way), so they run the suite in-process rather than through
+The scenario needs the ``redis-limits`` feature. These tests make sure it is in
+``fastgw.features.AVAILABLE`` in this process (the bench reads it only here; fastgw's Redis
+backend is what runs either way), so that they test the scenario in a checkout that has the
+backend before the feature is named; hence the suite runs in-process, not through
 ``python -m bench``.
 """
 
