@@ -561,11 +561,11 @@ class RecordingTransport:
         pass
 
 
-def test_replies_resolve_in_order_for_any_split_and_writes_coalesce() -> None:
+def test_replies_resolve_in_order_however_they_are_split_and_writes_coalesce() -> None:
     wire = b":1\r\n$3\r\nabc\r\n-ERR no\r\n*2\r\n:7\r\n:8\r\n"
     expected = [1, b"abc", "ERR no", [7, 8]]
 
-    async def scenario(split: int) -> tuple[list[bytes], list[Any]]:
+    async def scenario(pieces: list[bytes]) -> tuple[list[bytes], list[Any]]:
         connection = RespConnection(
             asyncio.get_running_loop(), name="test", timeout_s=5.0, counters=Counters()
         )
@@ -575,16 +575,17 @@ def test_replies_resolve_in_order_for_any_split_and_writes_coalesce() -> None:
         for i in range(4):
             connection.send((b"ECHO", b"%d" % i), got.append)
         await asyncio.sleep(0)  # one loop iteration: the flush
-        connection.data_received(wire[:split])
-        connection.data_received(wire[split:])
+        for piece in pieces:
+            connection.data_received(piece)
         assert connection.in_flight == 0
         connection.abort("done")
         return transport.writes, got
 
-    for split in range(len(wire) + 1):
-        writes, got = uvloop.run(scenario(split))
+    bytewise = [wire[i : i + 1] for i in range(len(wire))]
+    for pieces in [[wire[:split], wire[split:]] for split in range(len(wire) + 1)] + [bytewise]:
+        writes, got = uvloop.run(scenario(pieces))
         assert writes == [b"".join(hiredis.pack_command((b"ECHO", b"%d" % i)) for i in range(4))]
-        assert [str(r) if isinstance(r, ReplyError) else r for r in got] == expected, split
+        assert [str(r) if isinstance(r, ReplyError) else r for r in got] == expected, pieces
 
 
 @checked_uvloop
