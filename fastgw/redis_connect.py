@@ -20,7 +20,6 @@ Choices made here, once for every caller:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 import redis
@@ -33,11 +32,10 @@ from redis.retry import Retry
 
 from fastgw.config.gateway import RedisConfig
 from fastgw.errors import ConfigError, Problem
+from fastgw.redis_address import CONFIG_PATH, parse_address
 
 SyncClient: TypeAlias = "redis.Redis | redis.cluster.RedisCluster"
 AsyncClient: TypeAlias = "redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster"
-
-CONFIG_PATH: Final = "$.gateway.rate_limiting.redis"
 
 BACKGROUND_TIMEOUT_FLOOR_S: Final = 1.0
 """Smallest socket timeout for background jobs and the CLI. ``timeout_s`` (default 50 ms) is the
@@ -48,42 +46,6 @@ into spurious failures and log noise, so they pass ``min_timeout_s=BACKGROUND_TI
 
 IMMEDIATE_RETRIES: Final = 1
 """Retries of a failed command, without pause (see the module docstring)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RedisAddress:
-    """A parsed ``address``: ``host`` and ``port``, or ``unix_path``."""
-
-    host: str | None = None
-    port: int | None = None
-    unix_path: str | None = None
-
-    def __str__(self) -> str:
-        if self.unix_path is not None:
-            return f"unix://{self.unix_path}"
-        host = f"[{self.host}]" if self.host is not None and ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def parse_address(address: str) -> RedisAddress:
-    """``'host:port'``, ``'[v6]:port'`` or ``'unix:///path'`` (already checked by the config)."""
-    if address.startswith("unix://"):
-        return RedisAddress(unix_path=address[len("unix://") :])
-    host, _, port = address.rpartition(":")
-    try:
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not host or not 1 <= number <= 65535:
-        raise ConfigError(
-            [
-                Problem(
-                    f"{CONFIG_PATH}.address",
-                    f"expected 'host:port' or 'unix:///path', got {address!r}",
-                )
-            ]
-        )
-    return RedisAddress(host=host.strip("[]"), port=number)
 
 
 def describe(config: RedisConfig) -> str:

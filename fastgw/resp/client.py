@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 
+from fastgw.redis_address import parse_address
 from fastgw.resp.node import NodePool
 
 __all__ = ["RespClient"]
@@ -46,9 +47,6 @@ class RespClient(NodePool):
         """``address`` is ``'host:port'``, ``'[v6]:port'`` or ``'unix:///path'``.
 
         Nothing connects until ``await start()``; ``loop`` defaults to the running loop then."""
-        # Imported here: fastgw.redis_connect builds these clients, so it imports this package.
-        from fastgw.redis_connect import parse_address
-
         return cls(
             parse_address(address),
             password=password,

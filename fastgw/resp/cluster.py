@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
 
 from fastgw.limits import (
     REDIS_CLUSTER_MAX_REDIRECTS,
@@ -40,6 +39,7 @@ from fastgw.limits import (
     REDIS_RECONNECT_BACKOFF_MAX_S,
     REDIS_RECONNECT_BACKOFF_MIN_S,
 )
+from fastgw.redis_address import RedisAddress, parse_address
 from fastgw.resp.calls import Args, future_callback
 from fastgw.resp.errors import (
     Callback,
@@ -51,9 +51,6 @@ from fastgw.resp.errors import (
 from fastgw.resp.node import NodePool, jittered
 from fastgw.resp.slots import SLOTS, key_slot
 from fastgw.resp.topology import ClusterMap
-
-if TYPE_CHECKING:  # fastgw.redis_connect imports this package: no import cycle at run time
-    from fastgw.redis_connect import RedisAddress
 
 __all__ = ["RespCluster"]
 
@@ -144,9 +141,6 @@ class RespCluster:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> RespCluster:
         """A client seeded with one node's ``'host:port'`` (Cluster has database 0 only)."""
-        # Imported here: fastgw.redis_connect builds these clients, so it imports this package.
-        from fastgw.redis_connect import parse_address
-
         return cls(
             parse_address(address),
             password=password,

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from fastgw.limits import (
     REDIS_CLOSE_TIMEOUT_S,
@@ -37,12 +37,10 @@ from fastgw.limits import (
     REDIS_RECONNECT_BACKOFF_MAX_S,
     REDIS_RECONNECT_BACKOFF_MIN_S,
 )
+from fastgw.redis_address import RedisAddress
 from fastgw.resp.calls import Args, Counters, future_callback
 from fastgw.resp.connection import RespConnection
 from fastgw.resp.errors import Callback, RedisUnavailable, ReplyError
-
-if TYPE_CHECKING:  # fastgw.redis_connect imports this package: no import cycle at run time
-    from fastgw.redis_connect import RedisAddress
 
 __all__ = ["NodePool", "jittered", "open_connection"]
 

@@ -25,15 +25,14 @@ import logging
 from typing import TYPE_CHECKING
 
 from fastgw.limits import REDIS_CLUSTER_MAX_NODES, REDIS_CONNECT_TIMEOUT_S
+from fastgw.redis_address import RedisAddress
 from fastgw.resp.calls import Counters, future_callback
 from fastgw.resp.errors import ReplyError
 from fastgw.resp.node import NodePool, open_connection
 from fastgw.resp.slots import SLOTS, SlotRange, parse_slots
 
-if TYPE_CHECKING:  # fastgw.redis_connect imports this package: no import cycle at run time
+if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    from fastgw.redis_connect import RedisAddress
 
 __all__ = ["ClusterMap", "Node"]
 
@@ -44,9 +43,6 @@ CLUSTER_SLOTS: tuple[bytes, ...] = (b"CLUSTER", b"SLOTS")
 
 
 def address_of(node: Node) -> RedisAddress:
-    # Imported here: fastgw.redis_connect builds these clients, so it imports this package.
-    from fastgw.redis_connect import RedisAddress
-
     return RedisAddress(host=node[0], port=node[1])
 
 
