@@ -1,9 +1,11 @@
---[[ customer.lua: every per-customer rate-limit level of one request, decided atomically.
+--[[ customer.lua: every per-customer rate-limit level of one request, decided atomically, and
+the global level too when the caller passes its key (a standalone Redis: one script, one
+decision; a Cluster keeps the global key in a slot of its own and sends global.lua beside).
 
 Levels, in code order: 1 customer token bucket (takes cost), 2 per-customer-per-endpoint token
-bucket (takes 1 per call), 3 daily quota per customer per UTC day (takes cost). A level whose
-numbers are absent (empty ARGV) is off. Only when every enforced level allows does the script
-take anything; a refusal writes nothing at all.
+bucket (takes 1 per call), 3 daily quota per customer per UTC day (takes cost), 4 the global
+bucket (takes 1). A level whose numbers are absent (empty ARGV) is off. Only when every
+enforced level allows does the script take anything; a refusal writes nothing at all.
 
 KEYS (all under the hash tag {c:<id>}, so one Cluster slot; built by fastgw/ratelimit/script.py)
   1 {c:<id>}:b             customer bucket        (hash: t = micro-tokens, ts = last µs)
@@ -12,13 +14,15 @@ KEYS (all under the hash tag {c:<id>}, so one Cluster slot; built by fastgw/rate
                            the clock (a string counter of units used that day). The derived key
                            is not in KEYS; it hashes to KEYS[3]'s slot, which is what Cluster
                            requires.
+  4 (optional) the global bucket key, {g}:b: standalone Redis only (another slot)
 ARGV
   1 cost          integer >= 1
   2 rate          customer refill, tokens/s (decimal)      3 burst    integer tokens
   4 endpoint rate tokens/s, or empty: no endpoint level    5 endpoint burst, integer
   6 daily quota   integer units, or empty: no quota
-  7 shadow        mask of level bits (customer 1, endpoint 2, quota 4)
+  7 shadow        mask of level bits (customer 1, endpoint 2, quota 4, global 8)
   8 now_us        TEST HOOK: 0 in production (the clock is Redis TIME); > 0 replaces TIME
+  9 global rate   tokens/s, or empty/absent: no global level here   10 global burst, integer
 Reply: 8 integers, see fastgw/ratelimit/decision.py.
 
 Clock: redis.call('TIME') before writing is allowed because scripts replicate their effects
@@ -61,6 +65,10 @@ if quota ~= nil then
   end
   levels[#levels + 1] = {code = 3, key = key, limit = quota, have = used, take = cost,
                          wait = wait, reset = to_midnight_ms, bucket = false}
+end
+local global_rate = tonumber(ARGV[9] or '')
+if global_rate ~= nil and KEYS[4] ~= nil then
+  levels[#levels + 1] = bucket_level(4, KEYS[4], global_rate, tonumber(ARGV[10]), 1, now_us)
 end
 
 local function take(l)

@@ -2,10 +2,13 @@
 
 What it owns
     ``RedisLimits.check``: the rate-limit stage's decision when ``gateway.rate_limiting.backend``
-    is ``redis``. It sends ``customer.lua`` (every per-customer level, atomically, keys under
-    ``{c:<id>}``) and ``global.lua`` (the global bucket) by EVALSHA through the hot-path client
-    (``fastgw.resp``), which writes both in one ``write`` with whatever else this loop iteration
-    sent; the stage PAUSEs and the reply resumes the exchange. ``on_failure`` when Redis fails.
+    is ``redis``. It sends ``customer.lua`` by EVALSHA through the hot-path client
+    (``fastgw.resp``), which writes it in one ``write`` with whatever else this loop iteration
+    sent; the stage PAUSEs and the reply resumes the exchange. On a standalone Redis that one
+    script decides every level, the global bucket included (its key is KEYS[4]): one command,
+    one decision, as the memory backend makes it. On a Cluster the global key lives in another
+    slot, so ``global.lua`` goes beside it in the same write (two commands, one round trip).
+    ``on_failure`` when Redis fails.
 
 Invariants
     * Redis ``TIME`` is the clock; the scripts' test hook is never set here.
@@ -17,8 +20,8 @@ Invariants
       ``open`` lets the request through without headers, ``closed`` answers 503. Recovery
       needs nothing: the next request tries Redis again. Errors are counted by the client
       (``fastgw_redis_errors_total``).
-    * The two scripts are not atomic together (they live in different Cluster slots): when the
-      global level refuses, the customer's levels have already taken (see ``script.py``).
+    * On a Cluster the two scripts are not atomic together (different slots): when the global
+      level refuses, the customer's levels have already taken (see ``script.py``).
     * Per request: one small object (``_Call``) that carries the exchange to the callbacks; the
       per-customer and per-route parts of the command are encoded once and reused.
 """
@@ -65,8 +68,10 @@ class RedisLimits:
 
     __slots__ = (
         "_client",
+        "_combined",
         "_customer_parts",
         "_global_args",
+        "_global_tail",
         "_limiter",
         "_on_failure",
         "_route_parts",
@@ -81,16 +86,23 @@ class RedisLimits:
         *,
         on_failure: str,
         unavailable: ErrorReply,
+        combined: bool = True,
     ) -> None:
         self._client = client
         self._limiter = limiter
         self._on_failure = on_failure
         self._unavailable = unavailable
         policy = limiter.policy
-        self._shadow = b"%d" % (policy.shadow & _CUSTOMER_SHADOW)
         top = policy.global_limits
+        # Standalone Redis: customer.lua also decides the global level (KEYS[4]), one script,
+        # atomically. Cluster: global.lua beside it, in its own slot (see script.py).
+        self._combined = combined and top is not None
+        shadow_bits = policy.shadow if self._combined else policy.shadow & _CUSTOMER_SHADOW
+        self._shadow = b"%d" % shadow_bits
+        self._global_tail: tuple[bytes, ...] = ()
         self._global_args: tuple[bytes, ...] | None = None
         if top is not None:
+            self._global_tail = (_rate(top.rate_per_s), b"%d" % top.burst)
             shadow = b"1" if policy.shadow & Level.GLOBAL.bit else b"0"
             self._global_args = (
                 EVALSHA, _GLOBAL_SHA, b"1", GLOBAL_KEY,
@@ -121,7 +133,7 @@ class RedisLimits:
             call.customer_args = args = self._customer_command(customer, route)
             call.pending += 1
             send(args, call.on_customer, args[3])
-        if global_args is not None:
+        if global_args is not None and (customer is None or not self._combined):
             call.pending += 1
             send(global_args, call.on_global, GLOBAL_KEY)
         if call.pending:
@@ -163,6 +175,12 @@ class RedisLimits:
             self._route_parts[route] = route_parts
         _, tag, rate, burst, quota_arg = parts
         endpoint_key, cost, endpoint_rate, endpoint_burst = route_parts
+        if self._combined:
+            return (
+                EVALSHA, _CUSTOMER_SHA, b"4", tag + b":b", tag + endpoint_key, tag + b":q:",
+                GLOBAL_KEY, cost, rate, burst, endpoint_rate, endpoint_burst, quota_arg,
+                self._shadow, _NO_CLOCK, *self._global_tail,
+            )  # fmt: skip
         return (
             EVALSHA, _CUSTOMER_SHA, b"3", tag + b":b", tag + endpoint_key, tag + b":q:",
             cost, rate, burst, endpoint_rate, endpoint_burst, quota_arg, self._shadow, _NO_CLOCK,

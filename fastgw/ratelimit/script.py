@@ -13,10 +13,13 @@ Invariants
       Customer ids and endpoint names never hold ``{``, ``}`` or ``:`` (the token and config
       validators allow ``[A-Za-z0-9_.-]`` only), so distinct (customer, endpoint) pairs never
       share a key; ``customer_keys`` trusts that and does not check on the hot path.
-    * The global key is in a slot of its own. The caller sends both scripts in one round trip
-      (a pipeline); they are *not* atomic together: the global bucket takes its token even when
-      the customer script refuses, and the customer script takes even when the global level
-      refuses. The global level is a gateway-wide safety valve, not a per-customer promise.
+    * The global key is in a slot of its own. On a standalone Redis it is ``customer.lua``'s
+      KEYS[4] and one script decides every level atomically (what the memory backend decides).
+      A Cluster refuses a script whose keys span slots, so there the caller sends
+      ``global.lua`` beside it in the same round trip; the two are *not* atomic together: the
+      global bucket takes its token even when the customer script refuses, and the customer
+      script takes even when the global level refuses. The global level is a gateway-wide
+      safety valve, not a per-customer promise.
     * The clock is Redis ``TIME``. The ``now_us`` argument of the ARGV functions is a TEST HOOK
       (the scripts' last ARGV): production callers leave it None, which sends ``0``.
 """
@@ -107,20 +110,32 @@ def _clock(now_us: int | None) -> bytes:
     return b"%d" % now_us
 
 
-def customer_argv(request: CustomerRequest, *, now_us: int | None = None) -> tuple[bytes, ...]:
-    """ARGV of ``customer.lua`` (layout in its header); ``now_us`` is the test hook."""
+def customer_argv(
+    request: CustomerRequest,
+    global_request: GlobalRequest | None = None,
+    *,
+    now_us: int | None = None,
+) -> tuple[bytes, ...]:
+    """ARGV of ``customer.lua`` (layout in its header); ``now_us`` is the test hook. With
+    ``global_request`` the script also decides the global level (KEYS[4]: ``GLOBAL_KEY``)."""
     endpoint_rate = request.endpoint_rate_per_s
     quota = request.daily_quota
-    return (
+    shadow = request.shadow & (Level.CUSTOMER.bit | Level.ENDPOINT.bit | Level.QUOTA.bit)
+    argv = (
         b"%d" % request.cost,
         _rate(request.rate_per_s),
         b"%d" % request.burst,
         _ABSENT if endpoint_rate is None else _rate(endpoint_rate),
         b"%d" % (request.endpoint_burst or 0),
         _ABSENT if quota is None else b"%d" % quota,
-        b"%d" % (request.shadow & (Level.CUSTOMER.bit | Level.ENDPOINT.bit | Level.QUOTA.bit)),
+        b"%d" % (shadow | (Level.GLOBAL.bit if global_request and global_request.shadow else 0)),
         _clock(now_us),
     )
+    if global_request is None:
+        return argv
+    if global_request.cost != 1:
+        raise ValueError("the global level takes 1 per request in customer.lua")
+    return (*argv, _rate(global_request.rate_per_s), b"%d" % global_request.burst)
 
 
 def global_argv(request: GlobalRequest, *, now_us: int | None = None) -> tuple[bytes, ...]:

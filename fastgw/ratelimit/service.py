@@ -62,6 +62,7 @@ class LimitService:
                 self.limiter,
                 on_failure=settings.on_failure,
                 unavailable=replies.limits_unavailable,
+                combined=not settings.redis.cluster,
             )
             self._check = self.redis.check
 

@@ -202,6 +202,55 @@ def test_script_decides_like_the_model(
             assert client.get(quota_key(cid, day)) == b"%d" % used
 
 
+@settings(deadline=None, max_examples=100)
+@given(
+    steps=steps,
+    tiers=st.lists(st.tuples(tier, tier), min_size=3, max_size=3),
+    endpoint_rates=st.lists(endpoint_numbers, min_size=3, max_size=3),
+    day_quotas=st.lists(quotas, min_size=3, max_size=3),
+    global_tier=tier,
+)
+def test_one_script_with_the_global_key_decides_like_the_memory_backend(
+    redis_server: RedisServer,
+    *,
+    steps: list[Step],
+    tiers: list[tuple[tuple[float, int], tuple[float, int]]],
+    endpoint_rates: list[float | None],
+    day_quotas: list[int | None],
+    global_tier: tuple[float, int],
+) -> None:
+    """Standalone Redis: customer.lua with KEYS[4] decides all four levels atomically, exactly
+    as ``ReferenceModel.decide_all`` (the spec of the memory backend's table)."""
+    model = ReferenceModel()
+    customers = [fresh_id() for _ in range(3)]
+    global_key = b"{g:%s}:b" % fresh_id()
+    now = T0
+    with redis_server.client() as client:
+        for step in steps:
+            now += step.advance_us
+            rate, burst = tiers[step.customer][step.variant]
+            request = CustomerRequest(
+                customer_id=customers[step.customer],
+                endpoint=b"ep%d" % step.endpoint,
+                cost=step.cost,
+                rate_per_s=rate,
+                burst=burst,
+                endpoint_rate_per_s=endpoint_rates[step.endpoint],
+                daily_quota=day_quotas[step.customer],
+                shadow=step.shadow,
+            )
+            g = None
+            if step.is_global:
+                g = GlobalRequest(
+                    rate_per_s=global_tier[0], burst=global_tier[1], shadow=bool(step.shadow & 1)
+                )
+            keys = [*customer_keys(request.customer_id, request.endpoint)]
+            if g is not None:
+                keys.append(global_key)
+            reply = evalsha_or_load(client, CUSTOMER, keys, customer_argv(request, g, now_us=now))
+            assert decode_reply(reply) == model.decide_all(request, g, now), step
+
+
 @settings(deadline=None, max_examples=300)
 @given(
     rate=rates,
