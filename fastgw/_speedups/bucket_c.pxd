@@ -60,6 +60,7 @@ cdef extern from *:
 cdef long long _WAYS, _SLOT_CELLS, _SET_CELLS, _HEADER_CELLS, _MAGIC, _LAYOUT_VERSION
 cdef long long _H_MAGIC, _H_VERSION, _H_SETS, _H_BUILD
 cdef long long _G_LOCK, _G_PRESENT, _G_TOKENS, _G_STAMP
+cdef long long _G_WINDOW_US, _G_WINDOW, _G_COUNT, _G_PREVIOUS
 cdef long long _UT, _DAY_US, _BUCKET_MARGIN_US, _QUOTA_MARGIN_US, _MAX_CLOCK_US
 cdef long long _MAX_DAILY_QUOTA
 cdef double _MAX_WAIT_US
@@ -78,6 +79,9 @@ cpdef long long customer_fingerprint(unsigned long long hash64_of_id)
 cdef long long _mix(unsigned long long base, unsigned long long salt) noexcept
 
 cdef bint _longer(long long a, long long b) noexcept
+
+cdef double _estimate(long long previous, long long current, long long elapsed_us,
+                      long long window_us) noexcept
 
 cdef long long _ceil_ms(double us) noexcept
 
@@ -99,6 +103,10 @@ cdef class _Level:
     cdef public long long stamp
     cdef public long long lag
     cdef public long long reset_ms
+    cdef public long long window_us
+    cdef public long long window
+    cdef public long long previous
+    cdef public long long elapsed
 
 
 cdef class LimitTable:
@@ -124,7 +132,7 @@ cdef class LimitTable:
                            double rate, long long burst, long long endpoint_index,
                            double endpoint_rate, long long endpoint_burst,
                            long long daily_quota, double global_rate, long long global_burst,
-                           long long shadow) except? -1
+                           long long shadow, long long global_window_us=*) except? -1
 
     @cython.locals(level=_Level, refused=cython.longlong, refused_wait=cython.longlong,
                    mask=cython.longlong, shadow_wait=cython.longlong, bit=cython.longlong,
@@ -132,6 +140,7 @@ cdef class LimitTable:
                    reset_ms=cython.longlong, best_calls=cython.longlong,
                    best_reset=cython.longlong, shadowed=cython.longlong, fewer=bint, lim=cython.longlong,
                    rem=cython.longlong, res=cython.longlong, calls=cython.longlong,
+                   estimate=cython.double,
                    i=cython.Py_ssize_t)
     cdef long long _decide_locked(self, long long now_us, long long day,
                                   long long shadow) except? -1
@@ -142,6 +151,12 @@ cdef class LimitTable:
     @cython.locals(burst_ut=cython.longlong, present=bint, tokens=cython.longlong,
                    stamp=cython.longlong, add=cython.double)
     cdef void _read_bucket(self, _Level level, long long now_us) noexcept
+
+    @cython.locals(window_us=cython.longlong, number=cython.longlong, window=cython.longlong,
+                   current=cython.longlong, previous=cython.longlong, elapsed=cython.longlong,
+                   limit=cython.longlong, take=cython.longlong, wait=cython.longlong,
+                   fade_us=cython.double, wait_us=cython.double)
+    cdef void _read_window(self, _Level level, long long now_us) noexcept
 
     @cython.locals(used=cython.longlong)
     cdef void _read_quota(self, _Level level, long long now_us, long long day) noexcept

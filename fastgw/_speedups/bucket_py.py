@@ -10,7 +10,8 @@ What it owns
 
 Layout (int64 cells; ``_HEADER_CELLS`` of header, then ``sets`` sets of ``_WAYS`` slots)
     header  magic, layout version, sets, build code (1 c, 2 py), global lock, global present,
-            global micro-tokens, global µs stamp
+            global micro-tokens, global µs stamp, and the global sliding window's length (µs),
+            number, count and previous count
     set     lock cell, then per slot: fingerprint (0 = empty), a, b, expires_us
             bucket slot: a = micro-tokens, b = µs stamp; quota slot: a = units used, b = day
     A key lives only in set ``fingerprint % sets`` (set-associative, like a CPU cache), so
@@ -67,13 +68,14 @@ __all__ = [
 _WAYS: Final = 8
 _SLOT_CELLS: Final = 4
 _SET_CELLS: Final = 1 + _WAYS * _SLOT_CELLS
-_HEADER_CELLS: Final = 8
+_HEADER_CELLS: Final = 12
 _MAGIC: Final = 0x66617374_67776C74  # "fastgwlt"
-_LAYOUT_VERSION: Final = 1
+_LAYOUT_VERSION: Final = 2
 
 # header cells
 _H_MAGIC, _H_VERSION, _H_SETS, _H_BUILD = 0, 1, 2, 3
 _G_LOCK, _G_PRESENT, _G_TOKENS, _G_STAMP = 4, 5, 6, 7
+_G_WINDOW_US, _G_WINDOW, _G_COUNT, _G_PREVIOUS = 8, 9, 10, 11  # the global sliding window
 
 _UT: Final = 1_000_000  # micro-tokens per token, and µs per second
 _DAY_US: Final = 86_400 * _UT
@@ -118,6 +120,11 @@ def _longer(a: int, b: int) -> bool:
     return a == -1 or a > b
 
 
+def _estimate(previous: int, current: int, elapsed_us: int, window_us: int) -> float:
+    """Requests in the sliding window ending now (model.py's ``_estimate``, same order)."""
+    return previous * (float(window_us - elapsed_us) / window_us) + current
+
+
 def _ceil_ms(us: float) -> int:
     return math.ceil(us / 1000)
 
@@ -131,8 +138,8 @@ class _Level:
     """One level of the decision in progress (reused: a table owns four)."""
 
     __slots__ = (
-        "bucket", "cell", "code", "fp", "have", "lag", "limit", "on", "rate", "reset_ms",
-        "set_index", "stamp", "take", "wait",
+        "bucket", "cell", "code", "elapsed", "fp", "have", "lag", "limit", "on", "previous",
+        "rate", "reset_ms", "set_index", "stamp", "take", "wait", "window", "window_us",
     )  # fmt: skip
 
     def __init__(self, code: int) -> None:
@@ -150,6 +157,10 @@ class _Level:
         self.stamp = 0
         self.lag = 0
         self.reset_ms = 0
+        self.window_us = 0  # > 0: a sliding window (global level only)
+        self.window = 0
+        self.previous = 0
+        self.elapsed = 0
 
 
 class LimitTable:
@@ -218,12 +229,15 @@ class LimitTable:
         global_rate: float,
         global_burst: int,
         shadow: int,
+        global_window_us: int = 0,
     ) -> int:
         """Decide every level of one request at ``now_us`` and take what it costs.
 
         Levels: the customer bucket (``rate``/``burst``, takes ``cost``); the endpoint bucket
         (``endpoint_index`` >= 0; takes 1); the daily quota (``daily_quota`` >= 0; takes
-        ``cost``); the global bucket (``global_burst`` > 0; takes 1). ``customer_fp`` 0 turns
+        ``cost``); the global bucket (``global_burst`` > 0; takes 1), or with
+        ``global_window_us`` > 0 the global sliding window (``global_burst`` requests per
+        window, ``model.ReferenceModel._window``). ``customer_fp`` 0 turns
         the three customer levels off (a route without authentication: global only).
         ``shadow``: mask of level bits that count but never refuse. Returns the refusing level
         (0: allowed); the other reply fields are left in ``would_refuse``, ``retry_after_ms``
@@ -269,6 +283,12 @@ class LimitTable:
         if glob.on:
             _arm_bucket(glob, 0, global_rate, global_burst, 1)
             glob.set_index = -1
+            glob.window_us = global_window_us
+            glob.bucket = global_window_us == 0
+            if global_window_us != 0:
+                if not 0 < global_window_us <= _DAY_US:
+                    raise ValueError("global_window_us must be in 0..86400e6")
+                glob.take = 1  # requests, not micro-tokens
         # the locks, in ascending order; one lock per distinct set
         a = customer.set_index if customer.on else -1
         b = endpoint.set_index if endpoint.on else -1
@@ -305,7 +325,9 @@ class LimitTable:
         levels = self._levels
         for level in levels:
             if level.on:
-                if level.bucket:
+                if level.window_us:
+                    self._read_window(level, now_us)
+                elif level.bucket:
                     self._read_bucket(level, now_us)
                 else:
                     self._read_quota(level, now_us, day)
@@ -337,7 +359,14 @@ class LimitTable:
                 self._take(level, now_us, day)
             if shadowed:
                 continue
-            if level.bucket:
+            if level.window_us:
+                lim = level.limit
+                estimate = _estimate(level.previous, level.have, level.elapsed, level.window_us)
+                rem = math.floor(level.limit - estimate)
+                rem = max(rem, 0)
+                res = level.reset_ms
+                calls = rem // level.take
+            elif level.bucket:
                 lim = level.limit
                 rem = level.have // _UT
                 res = _refill_ms(level.limit * _UT - level.have, level.rate, level.lag)
@@ -415,6 +444,48 @@ class LimitTable:
         elif tokens < level.take:
             level.wait = _refill_ms(level.take - tokens, level.rate, level.lag)
 
+    def _read_window(self, level: _Level, now_us: int) -> None:
+        """The global sliding window (``window.lua``); state of another window length reads
+        as empty."""
+        cells = self._cells
+        window_us = level.window_us
+        number = (now_us - now_us % window_us) // window_us
+        window = cells[_G_WINDOW]
+        current = cells[_G_COUNT]
+        previous = cells[_G_PREVIOUS]
+        if cells[_G_WINDOW_US] != window_us or number > window + 1:
+            window = number
+            current = 0
+            previous = 0
+        elif number == window + 1:
+            window = number
+            previous = current
+            current = 0
+        # number <= window: the same window, or the clock went back (kept as it is)
+        elapsed = now_us - window * window_us
+        elapsed = max(elapsed, 0)
+        limit = level.limit
+        take = level.take
+        wait = 0
+        if take > limit:
+            wait = -1
+        elif _estimate(previous, current, elapsed, window_us) + take > limit:
+            if current + take <= limit:  # the previous window's share has to fade enough
+                fade_us = window_us - float(limit - current - take) * window_us / previous
+                wait_us = fade_us - elapsed
+            else:  # this window is full: in the next one its count is the previous one's
+                fade_us = window_us - float(limit - take) * window_us / current
+                fade_us = max(fade_us, 0.0)
+                wait_us = (window + 1) * window_us - now_us + fade_us
+            wait = _ceil_ms(wait_us)
+            wait = max(wait, 1)
+        level.have = current
+        level.previous = previous
+        level.window = window
+        level.elapsed = elapsed
+        level.wait = wait
+        level.reset_ms = _ceil_ms((window + 1) * window_us - now_us)
+
     def _read_quota(self, level: _Level, now_us: int, day: int) -> None:
         self._find(level, now_us)
         used = self._cells[level.cell + 1] if level.cell >= 0 else 0
@@ -428,6 +499,13 @@ class LimitTable:
 
     def _take(self, level: _Level, now_us: int, day: int) -> None:
         cells = self._cells
+        if level.window_us:
+            level.have = level.have + level.take
+            cells[_G_WINDOW_US] = level.window_us
+            cells[_G_WINDOW] = level.window
+            cells[_G_COUNT] = level.have
+            cells[_G_PREVIOUS] = level.previous
+            return
         if not level.bucket:
             level.have = level.have + level.take
             self._store(level, now_us, level.have, day, (day + 1) * _DAY_US + _QUOTA_MARGIN_US)

@@ -28,6 +28,7 @@ from fastgw.auth.context import DEV_TIER
 from fastgw.config.model import (
     GatewayConfig,
     GatewayRoutingConfig,
+    GlobalLimitConfig,
     JwtConfig,
     RateLimitsConfig,
     RouteConfig,
@@ -36,6 +37,7 @@ from fastgw.config.model import (
 )
 from fastgw.config.units import format_duration
 from fastgw.errors import Problem
+from fastgw.ratelimit.decision import MAX_BURST, MAX_WINDOW_US, window_limit
 
 _SIMPLE_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _HS_MIN_SECRET_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}
@@ -314,5 +316,20 @@ def _check_rate_limits(
     if lone_burst and not found.tainted(f"{path}.global.requests_per_second"):
         found.add(f"{path}.global.burst_size", "needs requests_per_second")
     if top.algorithm == "sliding_window":
-        found.add(f"{path}.global.algorithm", "sliding_window is not implemented yet: use "
-                  "token_bucket (window_size is then not used)")
+        _check_sliding_window(found, top, f"{path}.global")
+
+
+def _check_sliding_window(found: Findings, top: GlobalLimitConfig, path: str) -> None:
+    """``algorithm: sliding_window`` admits ``requests_per_second * window_size`` requests per
+    window; it has no burst, and its numbers must stay within what the limiter counts exactly."""
+    if top.requests_per_second is None:
+        found.add(f"{path}.requests_per_second", "required when algorithm is sliding_window")
+        return
+    if top.burst_size is not None:
+        found.add(f"{path}.burst_size", "not used by sliding_window (the limit per window is "
+                  "requests_per_second * window_size): remove it")
+    if not 0.001 <= top.window_size_s <= MAX_WINDOW_US / 1e6:
+        found.add(f"{path}.window_size", "must be 1ms..1d for sliding_window")
+    elif not 1 <= window_limit(top.requests_per_second, top.window_size_s) <= MAX_BURST:
+        found.add(f"{path}.requests_per_second", "requests_per_second * window_size must be "
+                  f"1..{MAX_BURST} requests for sliding_window")

@@ -23,6 +23,7 @@ ARGV
   7 shadow        mask of level bits (customer 1, endpoint 2, quota 4, global 8)
   8 now_us        TEST HOOK: 0 in production (the clock is Redis TIME); > 0 replaces TIME
   9 global rate   tokens/s, or empty/absent: no global level here   10 global burst, integer
+ 11 global window µs of its sliding window, or empty/absent/0: a token bucket (window.lua)
 Reply: 8 integers, see fastgw/ratelimit/decision.py.
 
 Clock: redis.call('TIME') before writing is allowed because scripts replicate their effects
@@ -37,6 +38,7 @@ shadowed the counters evolve exactly as when enforcing.
 ]]
 
 --@include bucket.lua
+--@include window.lua
 
 local DAY_US = 86400 * UT
 local QUOTA_TTL_MARGIN_MS = 60000   -- the day's key outlives 00:00 UTC by this much
@@ -68,12 +70,20 @@ if quota ~= nil then
 end
 local global_rate = tonumber(ARGV[9] or '')
 if global_rate ~= nil and KEYS[4] ~= nil then
-  levels[#levels + 1] = bucket_level(4, KEYS[4], global_rate, tonumber(ARGV[10]), 1, now_us)
+  local window_us = tonumber(ARGV[11] or '')
+  if window_us ~= nil and window_us > 0 then
+    levels[#levels + 1] = window_level(4, KEYS[4], tonumber(ARGV[10]), window_us, 1, now_us)
+  else
+    levels[#levels + 1] = bucket_level(4, KEYS[4], global_rate, tonumber(ARGV[10]), 1, now_us)
+  end
 end
 
 local function take(l)
   if l.bucket then
     return bucket_take(l)
+  end
+  if l.sliding then
+    return window_take(l)
   end
   l.have = l.have + l.take
   redis.call('SET', l.key, int(l.have), 'PX', int(l.reset + QUOTA_TTL_MARGIN_MS))
@@ -82,6 +92,9 @@ end
 local function show(l)
   if l.bucket then
     return bucket_view(l)
+  end
+  if l.sliding then
+    return window_view(l)
   end
   local left = l.limit - l.have
   if left < 0 then left = 0 end

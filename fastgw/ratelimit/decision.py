@@ -40,6 +40,7 @@ __all__ = [
     "MAX_COST",
     "MAX_DAILY_QUOTA",
     "MAX_RATE_PER_S",
+    "MAX_WINDOW_US",
     "MIN_RATE_PER_S",
     "REPLY_LENGTH",
     "SHADOW_ALL",
@@ -50,12 +51,15 @@ __all__ = [
     "decode_reply",
     "endpoint_burst",
     "longer_wait",
+    "window_limit",
 ]
 
 MAX_BURST: Final = 1_000_000_000
 """Largest bucket, in tokens: 1e15 micro-tokens, under 2**53 (exact in a Lua double)."""
 MAX_COST: Final = MAX_BURST
 MAX_DAILY_QUOTA: Final = 10**15
+MAX_WINDOW_US: Final = 86_400 * 1_000_000
+"""Longest sliding window: a day (so window arithmetic stays well inside a double's integers)."""
 MIN_RATE_PER_S: Final = 1e-6
 """Slowest refill: one token in about 11.6 days (keeps bucket TTLs in PEXPIRE's range)."""
 MAX_RATE_PER_S: Final = 1e9
@@ -86,6 +90,12 @@ def endpoint_burst(rate_per_s: float) -> int:
     """The per-customer-per-endpoint bucket size: one second of the rate, at least 1 (the same
     rule as ``burst_size`` left unset in ``rate_limits.customer_tiers``)."""
     return max(1, math.ceil(rate_per_s))
+
+
+def window_limit(rate_per_s: float, window_s: float) -> int:
+    """Requests a sliding window of ``window_s`` admits at ``rate_per_s``: the product rounded
+    up, after rounding away float noise (10/s over 100 ms is 1, not 2)."""
+    return math.ceil(round(rate_per_s * window_s, 6))
 
 
 def longer_wait(a: int, b: int) -> bool:
@@ -143,17 +153,21 @@ class CustomerRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GlobalRequest:
-    """The global level (``rate_limits.global``): one bucket across all traffic."""
+    """The global level (``rate_limits.global``): one token bucket across all traffic, or with
+    ``window_us`` > 0 a sliding window admitting at most ``burst`` requests in any window of
+    ``window_us`` (the previous fixed window's count weighted by its overlap, see model.py)."""
 
     rate_per_s: float
     burst: int
     cost: int = 1
     shadow: bool = False
+    window_us: int = 0
 
     def __post_init__(self) -> None:
         _check_rate("rate_per_s", self.rate_per_s)
         _check_int("burst", self.burst, 1, MAX_BURST)
         _check_int("cost", self.cost, 1, MAX_COST)
+        _check_int("window_us", self.window_us, 0, MAX_WINDOW_US)
 
 
 @dataclass(frozen=True, slots=True)

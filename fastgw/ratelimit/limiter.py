@@ -88,6 +88,7 @@ class RateLimiter:
         "_global_bit",
         "_global_burst",
         "_global_rate",
+        "_global_window_us",
         "_inflight",
         "_max_inflight",
         "_release",
@@ -115,6 +116,7 @@ class RateLimiter:
         self._global_rate = 0.0 if top is None else top.rate_per_s
         self._global_burst = 0 if top is None else top.burst
         self._global_bit = 0 if top is None else Level.GLOBAL.bit
+        self._global_window_us = 0 if top is None else top.window_us
         self._shadow = policy.shadow
         limit = policy.max_concurrent
         self._max_inflight = -1 if limit is None else math.ceil(limit / max(1, workers))
@@ -153,13 +155,13 @@ class RateLimiter:
         if customer is None:
             level = table.decide(
                 now_us, 0, 1, 1.0, 1, NO_ENDPOINT, 0.0, 0, NO_QUOTA,
-                self._global_rate, self._global_burst, self._shadow,
+                self._global_rate, self._global_burst, self._shadow, self._global_window_us,
             )  # fmt: skip
         else:
             level = table.decide(
                 now_us, customer.fingerprint, route.cost, customer.rate_per_s, customer.burst,
                 route.index, route.rate_per_s, route.burst, customer.daily_quota,
-                self._global_rate, self._global_burst, self._shadow,
+                self._global_rate, self._global_burst, self._shadow, self._global_window_us,
             )  # fmt: skip
         return self.finish(
             ex,

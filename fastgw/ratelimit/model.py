@@ -46,6 +46,12 @@ def _refill_ms(need_ut: int, rate: float, lag_us: int) -> int:
     return _ceil_ms(lag_us + float(math.ceil(need_ut / rate)))  # float: a Lua double sum
 
 
+def _estimate(previous: int, current: int, elapsed_us: int, window_us: int) -> float:
+    """Requests in the sliding window ending now: the previous fixed window's count times the
+    share of it still inside (a float, computed in the same order as the Lua and the C)."""
+    return previous * (float(window_us - elapsed_us) / window_us) + current
+
+
 @dataclass(slots=True)
 class _Level:
     """One level of one decision (the Lua table of the same fields)."""
@@ -59,21 +65,27 @@ class _Level:
     rate: float = 0.0  # buckets only
     stamp: int = 0  # buckets only: the µs to write
     lag_us: int = 0  # buckets only: stamp - now (> 0 after the clock went back)
-    reset_ms: int = 0  # quota only: ms until 00:00 UTC
+    reset_ms: int = 0  # quota and window: ms until 00:00 UTC / the window's end
+    window_us: int = 0  # sliding window only (> 0): its length
+    window: int = 0  # sliding window only: the current window's number
+    previous: int = 0  # sliding window only: the previous window's count
+    elapsed_us: int = 0  # sliding window only: µs since the current window began
 
     @property
     def is_bucket(self) -> bool:
-        return self.code is not Level.QUOTA
+        return self.code is not Level.QUOTA and self.window_us == 0
 
 
 class ReferenceModel:
-    """Buckets as ``key -> (micro-tokens, last µs)``, quotas as ``(customer, day) -> units``."""
+    """Buckets as ``key -> (micro-tokens, last µs)``, quotas as ``(customer, day) -> units``,
+    sliding windows as ``key -> (window number, its count, the previous window's count)``."""
 
-    __slots__ = ("buckets", "used")
+    __slots__ = ("buckets", "used", "windows")
 
     def __init__(self) -> None:
         self.buckets: dict[tuple[object, ...], tuple[int, int]] = {}
         self.used: dict[tuple[object, ...], int] = {}
+        self.windows: dict[tuple[object, ...], tuple[int, int, int]] = {}  # window, count, prev
 
     def decide(self, request: CustomerRequest, now_us: int) -> Decision:
         """``customer.lua`` at ``now_us``."""
@@ -137,6 +149,14 @@ class ReferenceModel:
         return self._decide([level], Level.GLOBAL.bit if request.shadow else 0, now_us)
 
     def _global_level(self, request: GlobalRequest, now_us: int, name: bytes) -> _Level:
+        if request.window_us:
+            return self._window(
+                ("w", name),
+                limit=request.burst,
+                window_us=request.window_us,
+                take=request.cost,
+                now_us=now_us,
+            )
         return self._bucket(
             Level.GLOBAL,
             ("g", name),
@@ -178,8 +198,47 @@ class ReferenceModel:
             code, take_ut, tokens, wait, burst, key, rate=rate, stamp=stamp, lag_us=lag_us
         )
 
+    def _window(
+        self, key: tuple[object, ...], *, limit: int, window_us: int, take: int, now_us: int
+    ) -> _Level:
+        """The sliding-window counter (``window.lua``): the count of the current fixed window
+        plus the previous window's count weighted by the share of it still inside the sliding
+        window; allowed while that estimate plus this request stays within ``limit``."""
+        number = (now_us - now_us % window_us) // window_us
+        state = self.windows.get(key)
+        if state is None:
+            window, current, previous = number, 0, 0
+        else:
+            window, current, previous = state
+            if number == window + 1:
+                window, current, previous = number, 0, current
+            elif number > window + 1:
+                window, current, previous = number, 0, 0
+            # number <= window: the same window, or the clock went back (kept as it is)
+        elapsed = max(0, now_us - window * window_us)
+        estimate = _estimate(previous, current, elapsed, window_us)
+        wait = 0
+        if take > limit:
+            wait = -1
+        elif estimate + take > limit:
+            if current + take <= limit:  # the previous window's share has to fade enough
+                fade_us = window_us - float(limit - current - take) * window_us / previous
+                wait_us = fade_us - elapsed
+            else:  # this window is full: in the next one its count is the previous one's
+                fade_us = window_us - float(limit - take) * window_us / current
+                wait_us = (window + 1) * window_us - now_us + max(0.0, fade_us)
+            wait = max(1, _ceil_ms(wait_us))
+        return _Level(
+            Level.GLOBAL, take, current, wait, limit, key,
+            reset_ms=_ceil_ms((window + 1) * window_us - now_us),
+            window_us=window_us, window=window, previous=previous, elapsed_us=elapsed,
+        )  # fmt: skip
+
     def _take(self, level: _Level) -> None:
-        if level.is_bucket:
+        if level.window_us:
+            level.have += level.take
+            self.windows[level.key] = (level.window, level.have, level.previous)
+        elif level.is_bucket:
             level.have -= level.take
             self.buckets[level.key] = (level.have, level.stamp)
         else:
@@ -197,6 +256,10 @@ class ReferenceModel:
                 _refill_ms(burst_ut - level.have, level.rate, level.lag_us),
                 math.floor(level.have / level.take),
             )
+        if level.window_us:
+            estimate = _estimate(level.previous, level.have, level.elapsed_us, level.window_us)
+            left = max(0, math.floor(level.limit - estimate))
+            return level.limit, left, level.reset_ms, math.floor(left / level.take)
         left = max(0, level.limit - level.have)
         return level.limit, left, level.reset_ms, math.floor(left / level.take)
 

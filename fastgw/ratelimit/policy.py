@@ -31,6 +31,7 @@ from fastgw.ratelimit.decision import (
     MIN_RATE_PER_S,
     Level,
     endpoint_burst,
+    window_limit,
 )
 
 if TYPE_CHECKING:
@@ -92,8 +93,12 @@ class RouteLimits:
 
 @dataclass(frozen=True, slots=True)
 class GlobalLimits:
+    """The global level: a token bucket, or with ``window_us`` > 0 a sliding window admitting
+    ``burst`` requests per window."""
+
     rate_per_s: float
     burst: int
+    window_us: int = 0
 
 
 def check_overrides(quotas: Mapping[str, float]) -> None:
@@ -146,11 +151,16 @@ class LimitPolicy:
             )
         top = config.global_limit
         burst = top.effective_burst_size
-        self.global_limits = (
-            None
-            if top.requests_per_second is None or burst is None
-            else GlobalLimits(float(top.requests_per_second), burst)
-        )
+        rate = top.requests_per_second
+        self.global_limits: GlobalLimits | None = None
+        if rate is not None and top.algorithm == "sliding_window":
+            self.global_limits = GlobalLimits(
+                float(rate),
+                window_limit(rate, top.window_size_s),
+                round(top.window_size_s * 1_000_000),
+            )
+        elif rate is not None and burst is not None:
+            self.global_limits = GlobalLimits(float(rate), burst)
         self.max_concurrent = top.max_concurrent
         self.shadow = 0
         for name in config.shadow:

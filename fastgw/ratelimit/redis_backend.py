@@ -35,7 +35,7 @@ from fastgw.exchange import PAUSED
 from fastgw.pipeline import CONTINUE, PAUSE, RESPOND
 from fastgw.ratelimit.decision import REPLY_LENGTH, Level, longer_wait
 from fastgw.ratelimit.policy import NO_ENDPOINT, NO_QUOTA
-from fastgw.ratelimit.script import CUSTOMER, GLOBAL, GLOBAL_KEY
+from fastgw.ratelimit.script import CUSTOMER, GLOBAL, global_key
 from fastgw.resp import ReplyError
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class RedisLimits:
         "_combined",
         "_customer_parts",
         "_global_args",
+        "_global_key",
         "_global_tail",
         "_limiter",
         "_on_failure",
@@ -101,12 +102,14 @@ class RedisLimits:
         self._shadow = b"%d" % shadow_bits
         self._global_tail: tuple[bytes, ...] = ()
         self._global_args: tuple[bytes, ...] | None = None
+        self._global_key = global_key(0 if top is None else top.window_us)
         if top is not None:
-            self._global_tail = (_rate(top.rate_per_s), b"%d" % top.burst)
+            window = b"%d" % top.window_us if top.window_us else _ABSENT
+            self._global_tail = (_rate(top.rate_per_s), b"%d" % top.burst, window)
             shadow = b"1" if policy.shadow & Level.GLOBAL.bit else b"0"
             self._global_args = (
-                EVALSHA, _GLOBAL_SHA, b"1", GLOBAL_KEY,
-                b"1", _rate(top.rate_per_s), b"%d" % top.burst, shadow, _NO_CLOCK,
+                EVALSHA, _GLOBAL_SHA, b"1", self._global_key,
+                b"1", _rate(top.rate_per_s), b"%d" % top.burst, shadow, _NO_CLOCK, window,
             )  # fmt: skip
         # Encoded parts, bounded: one entry per route, and per customer limits object
         # (cleared when full; rebuilt on the next request of each).
@@ -135,7 +138,7 @@ class RedisLimits:
             send(args, call.on_customer, args[3])
         if global_args is not None and (customer is None or not self._combined):
             call.pending += 1
-            send(global_args, call.on_global, GLOBAL_KEY)
+            send(global_args, call.on_global, self._global_key)
         if call.pending:
             call.resumes = True  # the last reply resumes the exchange
             ex.move(PAUSED)
@@ -178,7 +181,7 @@ class RedisLimits:
         if self._combined:
             return (
                 EVALSHA, _CUSTOMER_SHA, b"4", tag + b":b", tag + endpoint_key, tag + b":q:",
-                GLOBAL_KEY, cost, rate, burst, endpoint_rate, endpoint_burst, quota_arg,
+                self._global_key, cost, rate, burst, endpoint_rate, endpoint_burst, quota_arg,
                 self._shadow, _NO_CLOCK, *self._global_tail,
             )  # fmt: skip
         return (
@@ -249,7 +252,7 @@ class _Call:
             self.reloaded |= 2
             args = self.backend.global_args
             assert args is not None
-            self.backend.client.send((EVAL, GLOBAL.source, *args[2:]), self.on_global, GLOBAL_KEY)
+            self.backend.client.send((EVAL, GLOBAL.source, *args[2:]), self.on_global, args[3])
             return
         self.global_reply = self._checked(reply)
         self._arrived()

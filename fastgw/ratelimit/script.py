@@ -47,6 +47,7 @@ __all__ = [
     "customer_keys",
     "evalsha_or_load",
     "global_argv",
+    "global_key",
     "quota_key",
 ]
 
@@ -80,7 +81,14 @@ CUSTOMER: Final = LuaScript.from_package("customer.lua")
 GLOBAL: Final = LuaScript.from_package("global.lua")
 
 GLOBAL_KEY: Final = b"{g}:b"
-"""The global bucket's default key: a hash tag of its own, so a slot of its own."""
+"""The global bucket's key: a hash tag of its own, so a slot of its own."""
+
+
+def global_key(window_us: int = 0) -> bytes:
+    """The global level's key: ``GLOBAL_KEY`` for the token bucket; for a sliding window one
+    per window length (``{g}:w:<µs>``), so a changed ``window_size`` starts clean instead of
+    reading counts of another length."""
+    return GLOBAL_KEY if window_us == 0 else b"{g}:w:%d" % window_us
 
 _NO_CLOCK: Final = b"0"  # the test-hook ARGV in production: use Redis TIME
 _ABSENT: Final = b""  # an ARGV for a level that is off (tonumber('') is nil in Lua)
@@ -135,7 +143,8 @@ def customer_argv(
         return argv
     if global_request.cost != 1:
         raise ValueError("the global level takes 1 per request in customer.lua")
-    return (*argv, _rate(global_request.rate_per_s), b"%d" % global_request.burst)
+    window = b"%d" % global_request.window_us if global_request.window_us else _ABSENT
+    return (*argv, _rate(global_request.rate_per_s), b"%d" % global_request.burst, window)
 
 
 def global_argv(request: GlobalRequest, *, now_us: int | None = None) -> tuple[bytes, ...]:
@@ -146,6 +155,7 @@ def global_argv(request: GlobalRequest, *, now_us: int | None = None) -> tuple[b
         b"%d" % request.burst,
         b"1" if request.shadow else b"0",
         _clock(now_us),
+        b"%d" % request.window_us if request.window_us else _ABSENT,
     )
 
 

@@ -167,3 +167,29 @@ async def test_a_paused_redis_costs_each_request_one_timeout_at_most(
         # resumed (a timeout cannot unsend a command), so they count: acme's bucket is empty.
         assert await statuses(client, "fresh", 4) == [200, 200, 200, 429]
         assert await statuses(client, "acme", 1) == [429]
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+@uvloop_test
+async def test_global_sliding_window_through_the_gateway(
+    redis: RedisServer, backend: str
+) -> None:
+    extra = config(redis.unix_address)
+    extra["gateway"]["rate_limiting"]["backend"] = backend
+    extra["rate_limits"]["global"] = {
+        "algorithm": "sliding_window", "window_size": "1h", "requests_per_second": 0.001,
+    }  # fmt: skip  (3.6 per hour: 4 requests per window)
+    extra["rate_limits"]["customer_tiers"]["free"] = {"requests_per_second": 1e6}
+    async with running(extra=extra) as gw:
+        client = await RawClient.connect(gw.port)
+        try:
+            # every customer shares the global window, anonymous routes too
+            replies = [await call(client, f"c{i}") for i in range(4)]
+            assert [r.status for r in replies] == [200] * 4
+            refused = await client.request(get("/echo/x"))
+            assert refused.status == 429
+            assert refused.header("RateLimit-Limit") == b"4"
+            retry = int(refused.header("Retry-After") or b"0")
+            assert 0 < retry <= 2 * 3600  # the rest of this hour, and a share of the next
+        finally:
+            await client.close()

@@ -35,9 +35,11 @@ from fastgw.ratelimit.model import DAY_US, ReferenceModel
 
 NOW = 20_000 * DAY_US + 12 * 3_600_000_000  # noon UTC, day 20000 (2024-10-04)
 MIDNIGHT = 20_001 * DAY_US  # the next 00:00 UTC
+# The layout the docstring of bucket_py.py documents; the sizes come from the kernel's own
+# table_bytes, so a layout change moves these with it (the lock cells' places stay documented).
 WAYS = 8
-HEADER_CELLS = 8
-SET_CELLS = 1 + WAYS * 4
+HEADER_CELLS = bucket_py.table_bytes(0) // 8
+SET_CELLS = (bucket_py.table_bytes(1) - bucket_py.table_bytes(0)) // 8
 GLOBAL_LOCK_CELL = 4
 JOIN_S = 30.0  # a hung child fails the test, it never hangs the run
 
@@ -70,8 +72,9 @@ class Req:
     endpoint_rate: float = 1.0
     daily_quota: int | None = None
     global_rate: float = 1.0
-    global_burst: int = 0  # 0: no global bucket
+    global_burst: int = 0  # 0: no global level
     shadow: int = 0
+    global_window_us: int = 0  # > 0: the global level is a sliding window of global_burst
 
 
 def fingerprint(build: Build, customer: bytes) -> int:
@@ -92,6 +95,7 @@ def kernel_args(build: Build, now_us: int, req: Req) -> tuple[Any, ...]:
         req.global_rate,
         req.global_burst,
         req.shadow,
+        req.global_window_us,
     )
 
 
@@ -126,6 +130,7 @@ def model_decide(model: ReferenceModel, now_us: int, req: Req) -> Out:
             rate_per_s=req.global_rate,
             burst=req.global_burst,
             shadow=bool(req.shadow & Level.GLOBAL.bit),
+            window_us=req.global_window_us,
         )
     d = model.decide_all(request, global_request, now_us)
     return Out(
@@ -704,7 +709,7 @@ def test_a_file_too_small_is_refused(speedups: Build, size_cells: int) -> None:
 
 @pytest.mark.parametrize(
     ("cell", "value"),
-    [(0, 0x66617374_67776C75), (0, 0), (1, 2), (2, 2), (2, 0), (2, -1)],
+    [(0, 0x66617374_67776C75), (0, 0), (1, 1), (2, 2), (2, 0), (2, -1)],
     ids=["magic", "no-magic", "layout", "sets-beyond-file", "no-sets", "negative-sets"],
 )
 def test_a_header_that_is_not_this_layout_is_refused(
@@ -922,3 +927,74 @@ def test_release_locks_of_a_pid_that_holds_nothing_frees_nothing(speedups: Build
         assert table.release_locks_of(os.getpid() + 1) == 0
         # pid 0 is no process: "freeing" the cells that are already free must count nothing
         assert table.release_locks_of(0) == 0
+
+
+# ------------------------------------------------------------------ the global sliding window
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    window_us=st.sampled_from([1000, 250_000, 1_000_000, 7_000_000, 60_000_000]),
+    limit=st.integers(1, 12),
+    advances=st.lists(
+        st.one_of(
+            st.integers(0, 300_000),
+            st.integers(0, 20_000_000),
+            st.integers(-1_000_000, 0),  # the clock going backwards
+            st.sampled_from([0, 1, 999, 1000, 60_000_000, 120_000_000]),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    shadow=st.booleans(),
+    with_customer=st.booleans(),
+)
+def test_sliding_window_decides_like_the_model(
+    speedups: Build,
+    *,
+    window_us: int,
+    limit: int,
+    advances: list[int],
+    shadow: bool,
+    with_customer: bool,
+) -> None:
+    with table_of(speedups, 64) as (table, _fd):
+        twin = Twin(speedups, table)
+        req = Req(
+            b"window-customer",
+            rate=1e6,
+            burst=1_000_000,
+            global_burst=limit,
+            global_window_us=window_us,
+            shadow=Level.GLOBAL.bit if shadow else 0,
+        )
+        now = NOW + 12_345
+        for advance in advances:
+            now += advance
+            if with_customer:
+                out = twin.decide(now, req)
+            else:  # customer_fp 0: the global level alone, compared with decide_global
+                level = table.decide(now, 0, 1, 1.0, 1, -1, 0.0, 0, -1, 1.0, limit,
+                                     req.shadow, window_us)  # fmt: skip
+                d = twin.model.decide_global(
+                    GlobalRequest(rate_per_s=1.0, burst=limit, window_us=window_us, shadow=shadow),
+                    now,
+                )
+                assert (level, table.would_refuse, table.remaining, table.reset_ms) == (
+                    d.level, d.would_refuse, d.remaining, d.reset_ms
+                )
+                retry = table.retry_after_ms
+                assert (None if retry == -1 else retry) == d.retry_after_ms
+                continue
+            if out.level:
+                assert out.retry_after_ms is None or out.retry_after_ms >= 1
+
+
+def test_a_sliding_window_of_another_length_starts_empty(twin: Twin) -> None:
+    five_per_10s = Req(b"w", rate=1e6, burst=10**6, global_burst=5, global_window_us=10_000_000)
+    for _ in range(5):
+        assert twin.decide(NOW, five_per_10s).level == 0
+    assert twin.decide(NOW, five_per_10s).level == Level.GLOBAL
+    # a reload to a 20 s window: the 10 s counts are not read as 20 s ones
+    other = replace(five_per_10s, global_window_us=20_000_000)
+    assert kernel_decide(twin.table, twin.build, NOW + 1, other).level == 0

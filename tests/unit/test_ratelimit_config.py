@@ -155,16 +155,37 @@ def test_the_smallest_table_is_usable() -> None:
 # ------------------------------------------------------------------- rate_limits.global
 
 
-def test_sliding_window_is_refused_with_its_path() -> None:
+def test_sliding_window_needs_a_rate_and_takes_no_burst() -> None:
     found = problems({"global": {"algorithm": "sliding_window"}})
-    assert len(found) == 1
-    assert found[0].startswith("$.rate_limits.global.algorithm: sliding_window is not implemented")
-
-
-def test_sliding_window_is_refused_even_with_its_window_size() -> None:
-    limits = {"algorithm": "sliding_window", "window_size": "10s", "requests_per_second": 5}
+    assert [p.split(": ")[0] for p in found] == ["$.rate_limits.global.requests_per_second"]
+    limits = {"algorithm": "sliding_window", "requests_per_second": 5, "burst_size": 10}
     found = problems({"global": limits})
-    assert [p.split(":")[0] for p in found] == ["$.rate_limits.global.algorithm"]
+    assert [p.split(": ")[0] for p in found] == ["$.rate_limits.global.burst_size"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "path"),
+    [
+        ({"window_size": "2d", "requests_per_second": 1}, "$.rate_limits.global.window_size"),
+        ({"window_size": "1d", "requests_per_second": 1e6},
+         "$.rate_limits.global.requests_per_second"),  # 8.64e10 requests per window
+    ],
+)  # fmt: skip
+def test_sliding_window_numbers_out_of_range(limits: dict[str, Any], path: str) -> None:
+    found = problems({"global": {"algorithm": "sliding_window", **limits}})
+    assert [p.split(": ")[0] for p in found] == [path], found
+
+
+def test_sliding_window_limit_is_rate_times_window() -> None:
+    config = load({"global": {"algorithm": "sliding_window", "window_size": "100ms",
+                              "requests_per_second": 10}})  # fmt: skip
+    top = LimitPolicy(config.rate_limits).global_limits
+    assert top is not None
+    assert (top.burst, top.window_us) == (1, 100_000)  # 10/s over 100 ms: 1, not 2 (float noise)
+    config = load({"global": {"algorithm": "sliding_window", "window_size": "1m",
+                              "requests_per_second": 2.5}})  # fmt: skip
+    top = LimitPolicy(config.rate_limits).global_limits
+    assert top is not None and (top.burst, top.window_us) == (150, 60_000_000)
 
 
 def test_token_bucket_is_the_default_algorithm() -> None:
@@ -217,7 +238,7 @@ def test_every_rate_limit_problem_is_reported_at_once() -> None:
     assert paths == [
         "$.gateway.rate_limiting.max_keys",
         "$.rate_limits.default_tier",
-        "$.rate_limits.global.algorithm",
+        "$.rate_limits.global.requests_per_second",
         "$.rate_limits.shadow[0]",
     ], found
 

@@ -202,6 +202,69 @@ def test_script_decides_like_the_model(
             assert client.get(quota_key(cid, day)) == b"%d" % used
 
 
+@settings(deadline=None, max_examples=150)
+@given(
+    window_us=st.sampled_from([1000, 250_000, UT, 7 * UT, 60 * UT]),
+    limit=st.integers(1, 12),
+    advances=st.lists(
+        st.one_of(
+            st.integers(0, 300_000),
+            st.integers(0, 20 * UT),
+            st.integers(-UT, 0),  # the clock going backwards
+            st.sampled_from([0, 1, 999, 1000, UT, 60 * UT, 120 * UT]),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    shadow=st.booleans(),
+    combined=st.booleans(),
+)
+def test_sliding_window_decides_like_the_model(
+    redis_server: RedisServer,
+    *,
+    window_us: int,
+    limit: int,
+    advances: list[int],
+    shadow: bool,
+    combined: bool,
+) -> None:
+    """The global sliding window: global.lua (a Cluster) and customer.lua's KEYS[4] (standalone)
+    decide what the model decides, waits and remaining included."""
+    model = ReferenceModel()
+    g = GlobalRequest(rate_per_s=1.0, burst=limit, window_us=window_us, shadow=shadow)
+    key = b"{g:%s}:w" % fresh_id()
+    customer = CustomerRequest(
+        customer_id=fresh_id(), endpoint=b"ep", rate_per_s=1e6, burst=1_000_000
+    )
+    now = T0 + 12_345
+    with redis_server.client() as client:
+        for advance in advances:
+            now += advance
+            if combined:
+                keys = [*customer_keys(customer.customer_id, customer.endpoint), key]
+                argv = customer_argv(customer, g, now_us=now)
+                got = decode_reply(evalsha_or_load(client, CUSTOMER, keys, argv))
+                assert got == model.decide_all(customer, g, now), advance
+            else:
+                got = run_global(client, g, now, key)
+                assert got == model.decide_global(g, now, key), advance
+            if got.level:
+                assert got.retry_after_ms is None or got.retry_after_ms >= 1
+
+
+def test_sliding_window_admits_the_limit_per_window_and_fades(client: redis.Redis) -> None:
+    g = GlobalRequest(rate_per_s=1.0, burst=5, window_us=10 * UT)
+    start = (T0 // (10 * UT) + 1) * 10 * UT  # a window boundary
+    levels = [run_global(client, g, start + i, b"{g}:w").level for i in range(6)]
+    assert levels == [0, 0, 0, 0, 0, Level.GLOBAL]
+    refused = run_global(client, g, start + 10, b"{g}:w")
+    assert refused.retry_after_ms == 12_000  # next window + 20 % of it, as 5 * 0.8 + 1 <= 5
+    at_next = run_global(client, g, start + 10 * UT, b"{g}:w")
+    assert at_next.level == Level.GLOBAL and at_next.retry_after_ms == 2000
+    assert run_global(client, g, start + 12 * UT, b"{g}:w").level == 0
+    assert 0 < client.pttl(b"{g}:w") <= (8 + 10) * 1000 + 5000
+
+
 @settings(deadline=None, max_examples=100)
 @given(
     steps=steps,
