@@ -29,6 +29,7 @@ Invariants
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Final
 
 from fastgw.exchange import PAUSED
@@ -54,6 +55,7 @@ EVAL: Final = b"EVAL"
 _CUSTOMER_SHA: Final = CUSTOMER.sha1.encode("ascii")
 _GLOBAL_SHA: Final = GLOBAL.sha1.encode("ascii")
 _CUSTOMER_SHADOW: Final = Level.CUSTOMER.bit | Level.ENDPOINT.bit | Level.QUOTA.bit
+REPORT_INTERVAL_S: Final = 10.0  # unusable replies are logged at most this often
 _NO_CLOCK: Final = b"0"
 _ABSENT: Final = b""
 
@@ -258,14 +260,11 @@ class _Call:
         self._arrived()
 
     def _checked(self, reply: object) -> list[int] | None:
-        if (
-            isinstance(reply, list)
-            and len(reply) == REPLY_LENGTH
-            and all(type(item) is int for item in reply)
-        ):
+        # HOT PATH: the shape here; the items are integers or verdict() fails over (below).
+        if type(reply) is list and len(reply) == REPLY_LENGTH:
             return reply
         if not isinstance(reply, BaseException):
-            log.error("rate-limit script gave an unexpected reply: %r", reply)
+            _unexpected(f"a reply of another shape: {reply!r:.200}")
         self.failed = True
         return None
 
@@ -273,16 +272,21 @@ class _Call:
         self.pending -= 1
         if self.pending or not self.resumes:
             return
-        verdict = self.verdict()
-        ex = self.ex
-        if verdict == RESPOND:
-            assert ex.reply is not None
-        ex.resume()  # continues the chain, or answers ex.reply
+        self.verdict()
+        self.ex.resume()  # continues the chain, or answers ex.reply (set by verdict)
 
     def verdict(self) -> int:
+        """The exchange's verdict; whatever goes wrong in reading the replies, ``on_failure``
+        decides instead: a request is never left without an answer."""
+        if not self.failed:
+            try:
+                return self._decided()
+            except Exception as exc:  # non-integer items, or a bug of ours
+                _unexpected(f"{type(exc).__name__}: {exc}")
+        return self.backend.fail(self)
+
+    def _decided(self) -> int:
         backend = self.backend
-        if self.failed:
-            return backend.fail(self)
         limiter = backend._limiter
         active = limiter.active_levels(self.customer, self.route)
         c, g = self.customer_reply, self.global_reply
@@ -307,6 +311,17 @@ def _combine(c: list[int], g: list[int]) -> tuple[int, int, int, int, int, int, 
     if c[3]:
         return 0, mask, retry, c[3], c[4], c[5], c[6]
     return 0, mask, retry, g[3], g[4], g[5], g[6]
+
+
+_last_report = [0.0]
+
+
+def _unexpected(what: str) -> None:
+    """Log a reply the limiter could not read, at most once per ``REPORT_INTERVAL_S``."""
+    now = time.monotonic()
+    if now - _last_report[0] >= REPORT_INTERVAL_S:
+        _last_report[0] = now
+        log.error("rate limiting: unusable Redis reply (on_failure applies): %s", what)
 
 
 def _is_noscript(reply: object) -> bool:
