@@ -74,6 +74,18 @@ def until(deadline: float) -> Callable[[Sample], bool]:
     return lambda _sample: time.monotonic() >= deadline
 
 
+def after(count: int) -> Callable[[Sample], bool]:
+    """``done`` for ``keep_sending``: stop after ``count`` answers (one per connection)."""
+    answered = 0
+
+    def done(_sample: Sample) -> bool:
+        nonlocal answered
+        answered += 1
+        return answered >= count
+
+    return done
+
+
 def first_429(sample: Sample) -> bool:
     """``done`` for ``keep_sending``: stop at the first refusal."""
     return sample.status == 429
