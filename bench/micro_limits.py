@@ -76,7 +76,7 @@ def measure(build: str, calls: int, repeats: int) -> dict[str, Any]:
             def table_only() -> object:
                 return table.decide(
                     now_us, limits.fingerprint, route.cost, limits.rate_per_s, limits.burst,
-                    route.index, route.rate_per_s, route.burst, limits.daily_quota,
+                    route.bucket_id, route.rate_per_s, route.burst, limits.daily_quota,
                     1e9, 1_000_000_000, 0,
                 )  # fmt: skip
 
@@ -158,7 +158,7 @@ async def _redis_us(address: str, calls: int, repeats: int, in_flight: int) -> f
             await asyncio.gather(*(chain.done for chain in chains))
             runs.append((time.process_time() - started) / (per_chain * in_flight) * 1e6)
             if redis.client.errors != errors:
-                raise RuntimeError("Redis errors during the run: the figure would be the fallback's")
+                raise RuntimeError("Redis errors in the run: the figure would be the fallback's")
         counts = plan.limits.limiter.counts.by_masks
         assert counts[15 << 4] >= calls, "every decision covers all four levels and allows"
         return statistics.median(runs[1:])

@@ -62,7 +62,7 @@ cdef long long _H_MAGIC, _H_VERSION, _H_SETS, _H_BUILD
 cdef long long _G_LOCK, _G_PRESENT, _G_TOKENS, _G_STAMP
 cdef long long _G_WINDOW_US, _G_WINDOW, _G_COUNT, _G_PREVIOUS
 cdef long long _UT, _DAY_US, _BUCKET_MARGIN_US, _QUOTA_MARGIN_US, _MAX_CLOCK_US
-cdef long long _MAX_DAILY_QUOTA
+cdef long long _MAX_DAILY_QUOTA, _MAX_ENDPOINT_ID
 cdef double _MAX_WAIT_US
 cdef unsigned long long _MASK62, _MASK64, _MIX
 cdef long long _CUSTOMER, _ENDPOINT, _QUOTA, _GLOBAL
@@ -129,7 +129,7 @@ cdef class LimitTable:
                    day=cython.longlong, a=cython.longlong, b=cython.longlong,
                    c=cython.longlong)
     cpdef long long decide(self, long long now_us, long long customer_fp, long long cost,
-                           double rate, long long burst, long long endpoint_index,
+                           double rate, long long burst, long long endpoint_id,
                            double endpoint_rate, long long endpoint_burst,
                            long long daily_quota, double global_rate, long long global_burst,
                            long long shadow, long long global_window_us=*) except? -1

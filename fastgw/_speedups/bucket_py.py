@@ -29,9 +29,10 @@ Invariants
     * A decision takes the locks of its sets in ascending order (the global lock first), holds
       them for a few hundred nanoseconds of arithmetic, and never across a call out: no
       deadlock, no await. Nothing is taken unless every enforced level allows.
-    * Keys are 62-bit fingerprints: the caller's ``customer_fp`` (see ``customer_fingerprint``)
-      mixed with the level and the endpoint index or the UTC day. Two keys share a slot only if
-      their fingerprints collide: with a million live keys, about 1 chance in 10 million.
+    * Keys are fingerprints (61 random bits): the caller's ``customer_fp`` (see
+      ``customer_fingerprint``) mixed with the level and the endpoint's id; a quota slot holds
+      (units, its UTC day). Two keys share a slot only if their fingerprints collide: with a
+      million live keys, about 1 chance in 4.6 million.
 
 Locks: one source, two mechanisms
     The compiled build holds a lock cell by compare-and-swap of its pid (``bucket_c.pxd``); a
@@ -87,6 +88,7 @@ _MASK64: Final = (1 << 64) - 1
 _MIX: Final = 0x9E3779B97F4A7C15  # odd: multiplying by it is a bijection mod 2**64
 _MAX_CLOCK_US: Final = 1 << 52
 _MAX_DAILY_QUOTA: Final = 10**15  # decision.MAX_DAILY_QUOTA
+_MAX_ENDPOINT_ID: Final = (1 << 40) - 1
 
 # level codes and their mask bits (fastgw.ratelimit.decision.Level)
 _CUSTOMER, _ENDPOINT, _QUOTA, _GLOBAL = 1, 2, 3, 4
@@ -222,7 +224,7 @@ class LimitTable:
         cost: int,
         rate: float,
         burst: int,
-        endpoint_index: int,
+        endpoint_id: int,
         endpoint_rate: float,
         endpoint_burst: int,
         daily_quota: int,
@@ -234,14 +236,14 @@ class LimitTable:
         """Decide every level of one request at ``now_us`` and take what it costs.
 
         Levels: the customer bucket (``rate``/``burst``, takes ``cost``); the endpoint bucket
-        (``endpoint_index`` >= 0; takes 1); the daily quota (``daily_quota`` >= 0; takes
-        ``cost``); the global bucket (``global_burst`` > 0; takes 1), or with
-        ``global_window_us`` > 0 the global sliding window (``global_burst`` requests per
-        window, ``model.ReferenceModel._window``). ``customer_fp`` 0 turns
-        the three customer levels off (a route without authentication: global only).
-        ``shadow``: mask of level bits that count but never refuse. Returns the refusing level
-        (0: allowed); the other reply fields are left in ``would_refuse``, ``retry_after_ms``
-        (-1: never), ``header_level``, ``limit``, ``remaining``, ``reset_ms``.
+        (``endpoint_id`` >= 0, any number below 2**40 naming the endpoint; takes 1); the daily
+        quota (``daily_quota`` >= 0; takes ``cost``); the global bucket (``global_burst`` > 0;
+        takes 1), or with ``global_window_us`` > 0 the global sliding window (``global_burst``
+        requests per window, ``model.ReferenceModel._window``). ``customer_fp`` 0 turns the
+        three customer levels off (a route without authentication: global only). ``shadow``:
+        mask of level bits that count but never refuse. Returns the refusing level (0: allowed);
+        the other reply fields are left in ``would_refuse``, ``retry_after_ms`` (-1: never),
+        ``header_level``, ``limit``, ``remaining``, ``reset_ms``.
         """
         # HOT PATH: no allocation; locks held only across the arithmetic below.
         if self._closed:
@@ -258,11 +260,13 @@ class LimitTable:
         if customer.on:
             _arm_bucket(customer, _mix(customer_fp, _KIND_BUCKET), rate, burst, cost)
             customer.set_index = customer.fp % self._sets
-        endpoint.on = customer.on and endpoint_index >= 0
+        endpoint.on = customer.on and endpoint_id >= 0
         if endpoint.on:
+            if endpoint_id > _MAX_ENDPOINT_ID:
+                raise ValueError("endpoint_id must be in -1..2**40-1")
             _arm_bucket(
                 endpoint,
-                _mix(customer_fp, _KIND_ENDPOINT + (endpoint_index << 2)),
+                _mix(customer_fp, _KIND_ENDPOINT + (endpoint_id << 2)),
                 endpoint_rate,
                 endpoint_burst,
                 1,
@@ -275,7 +279,7 @@ class LimitTable:
             if daily_quota > _MAX_DAILY_QUOTA:
                 raise ValueError("daily_quota must be in 0..1e15")
             day = math.floor(now_us / _DAY_US)
-            quota.fp = _mix(customer_fp, _KIND_QUOTA + (day << 2))
+            quota.fp = _mix(customer_fp, _KIND_QUOTA)
             quota.set_index = quota.fp % self._sets
             quota.limit = daily_quota
             quota.take = cost
@@ -487,8 +491,12 @@ class LimitTable:
         level.reset_ms = _ceil_ms((window + 1) * window_us - now_us)
 
     def _read_quota(self, level: _Level, now_us: int, day: int) -> None:
+        """The customer's count of its last counted day; another day (a new one, or one the
+        clock went back to) counts from zero (``customer.lua`` keeps one day per customer)."""
         self._find(level, now_us)
-        used = self._cells[level.cell + 1] if level.cell >= 0 else 0
+        used = 0
+        if level.cell >= 0 and self._cells[level.cell + 2] == day:
+            used = self._cells[level.cell + 1]
         level.have = used
         level.reset_ms = _ceil_ms((day + 1) * _DAY_US - now_us)
         level.wait = 0

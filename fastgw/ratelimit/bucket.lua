@@ -16,8 +16,9 @@ end
 
 -- Tokens at now_us and the stamp to write: a missing key is full; refill floor(elapsed * rate)
 -- micro-tokens, at most the burst; a clock going backwards adds nothing and keeps the stamp.
-local function bucket_read(key, rate, burst_ut, now_us)
-  local state = redis.call('HMGET', key, 't', 'ts')
+-- The bucket is the hash fields <prefix>t and <prefix>ts of key.
+local function bucket_read(key, prefix, rate, burst_ut, now_us)
+  local state = redis.call('HMGET', key, prefix .. 't', prefix .. 'ts')
   local tokens, last = tonumber(state[1]), tonumber(state[2])
   if tokens == nil or last == nil then
     return burst_ut, now_us
@@ -39,9 +40,9 @@ local function refill_ms(need_ut, rate, lag_us)
 end
 
 -- A bucket level: wait 0 (allows), -1 (never: take above burst), else ms until it allows.
-local function bucket_level(code, key, rate, burst, take, now_us)
+local function bucket_level(code, key, prefix, rate, burst, take, now_us)
   local burst_ut, take_ut = burst * UT, take * UT
-  local tokens, stamp = bucket_read(key, rate, burst_ut, now_us)
+  local tokens, stamp = bucket_read(key, prefix, rate, burst_ut, now_us)
   local lag = stamp - now_us
   local wait = 0
   if take_ut > burst_ut then
@@ -49,17 +50,18 @@ local function bucket_level(code, key, rate, burst, take, now_us)
   elseif tokens < take_ut then
     wait = refill_ms(take_ut - tokens, rate, lag)
   end
-  return {code = code, key = key, rate = rate, burst = burst, burst_ut = burst_ut,
-          take = take_ut, have = tokens, stamp = stamp, lag = lag, wait = wait, bucket = true}
+  return {code = code, key = key, prefix = prefix, rate = rate, burst = burst,
+          burst_ut = burst_ut, take = take_ut, have = tokens, stamp = stamp, lag = lag,
+          wait = wait, bucket = true}
 end
 
--- Take the level's cost and write it back with a TTL covering the refill to full.
+-- Take the level's cost and write it back; returns the TTL (ms) its key needs: until the
+-- bucket is full again (then it reads like a missing one) plus a margin. The caller expires.
 local function bucket_take(l)
   local tokens = l.have - l.take
-  redis.call('HSET', l.key, 't', int(tokens), 'ts', int(l.stamp))
-  local ttl_ms = refill_ms(l.burst_ut - tokens, l.rate, l.lag) + BUCKET_TTL_MARGIN_MS
-  redis.call('PEXPIRE', l.key, int(ttl_ms))
+  redis.call('HSET', l.key, l.prefix .. 't', int(tokens), l.prefix .. 'ts', int(l.stamp))
   l.have = tokens
+  return refill_ms(l.burst_ut - tokens, l.rate, l.lag) + BUCKET_TTL_MARGIN_MS
 end
 
 -- What the headers show of a level after the decision: limit, remaining, reset_ms, calls left.

@@ -3,7 +3,7 @@ traffic, on a key of its own (its own Cluster slot). The caller pipelines it wit
 so both cost one round trip; the two are not atomic together (see fastgw/ratelimit/script.py).
 
 KEYS
-  1 the global bucket key (hash: t = micro-tokens, ts = last µs)
+  1 the global level's key (bucket: hash t = micro-tokens, ts = last µs; window: w, c, p)
 ARGV
   1 cost     integer >= 1 (1 per request)
   2 rate     refill, tokens/s (decimal)      3 burst    integer tokens
@@ -29,5 +29,9 @@ if window_us ~= nil and window_us > 0 then
   level = window_level(4, KEYS[1], tonumber(ARGV[3]), window_us, tonumber(ARGV[1]), now_us)
   return decide({level}, shadow, now_us, {take = window_take, show = window_view})
 end
-level = bucket_level(4, KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[1]), now_us)
-return decide({level}, shadow, now_us, {take = bucket_take, show = bucket_view})
+level = bucket_level(4, KEYS[1], '', tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[1]),
+                     now_us)
+local function take(l)
+  redis.call('PEXPIRE', l.key, int(bucket_take(l)))
+end
+return decide({level}, shadow, now_us, {take = take, show = bucket_view})

@@ -160,7 +160,7 @@ class RateLimiter:
         else:
             level = table.decide(
                 now_us, customer.fingerprint, route.cost, customer.rate_per_s, customer.burst,
-                route.index, route.rate_per_s, route.burst, customer.daily_quota,
+                route.bucket_id, route.rate_per_s, route.burst, customer.daily_quota,
                 self._global_rate, self._global_burst, self._shadow, self._global_window_us,
             )  # fmt: skip
         return self.finish(

@@ -11,8 +11,10 @@ Invariants
       (``math.floor(elapsed * rate)``, ``math.ceil(need / rate)``, ...). State is integers
       (micro-tokens, µs, units), all below 2**53 by the request types' bounds.
     * The model never forgets state, where Redis expires keys. That changes no decision: a
-      bucket key expires only after it would have refilled to full (TTL = time to full + a
-      margin), and a missing key reads as full; a quota key is named by its day and outlives it.
+      customer's hash lives until its longest-lived level would read as new (a bucket full
+      again, the quota's day over) plus a margin, and a missing bucket reads as full. A
+      customer's quota counts one day, the one it last counted: a new day starts at zero, and so
+      does a day the clock went back to across midnight (the Lua and the table do the same).
       (The one difference: a bucket whose burst was raised after its key expired reads full in
       Redis, still refilling here. Tests keep the burst of a key fixed.)
 """
@@ -66,6 +68,7 @@ class _Level:
     stamp: int = 0  # buckets only: the µs to write
     lag_us: int = 0  # buckets only: stamp - now (> 0 after the clock went back)
     reset_ms: int = 0  # quota and window: ms until 00:00 UTC / the window's end
+    day: int = 0  # quota only: the UTC day it counts
     window_us: int = 0  # sliding window only (> 0): its length
     window: int = 0  # sliding window only: the current window's number
     previous: int = 0  # sliding window only: the previous window's count
@@ -77,14 +80,14 @@ class _Level:
 
 
 class ReferenceModel:
-    """Buckets as ``key -> (micro-tokens, last µs)``, quotas as ``(customer, day) -> units``,
+    """Buckets as ``key -> (micro-tokens, last µs)``, quotas as ``customer -> (day, units)``,
     sliding windows as ``key -> (window number, its count, the previous window's count)``."""
 
     __slots__ = ("buckets", "used", "windows")
 
     def __init__(self) -> None:
         self.buckets: dict[tuple[object, ...], tuple[int, int]] = {}
-        self.used: dict[tuple[object, ...], int] = {}
+        self.used: dict[tuple[object, ...], tuple[int, int]] = {}  # day, units that day
         self.windows: dict[tuple[object, ...], tuple[int, int, int]] = {}  # window, count, prev
 
     def decide(self, request: CustomerRequest, now_us: int) -> Decision:
@@ -133,13 +136,15 @@ class ReferenceModel:
         quota = request.daily_quota
         if quota is not None:
             day = math.floor(now_us / DAY_US)
-            key = ("q", cid, day)
-            used = self.used.get(key, 0)
+            key = ("q", cid)
+            counted_day, used = self.used.get(key, (day, 0))
+            if counted_day != day:  # a new day (or the clock went back across midnight)
+                used = 0
             to_midnight_ms = _ceil_ms((day + 1) * DAY_US - now_us)
             cost = request.cost
             wait = -1 if cost > quota else to_midnight_ms if used + cost > quota else 0
             levels.append(
-                _Level(Level.QUOTA, cost, used, wait, quota, key, reset_ms=to_midnight_ms)
+                _Level(Level.QUOTA, cost, used, wait, quota, key, reset_ms=to_midnight_ms, day=day)
             )
         return levels
 
@@ -243,7 +248,7 @@ class ReferenceModel:
             self.buckets[level.key] = (level.have, level.stamp)
         else:
             level.have += level.take
-            self.used[level.key] = level.have
+            self.used[level.key] = (level.day, level.have)
 
     @staticmethod
     def _show(level: _Level) -> tuple[int, int, int, int]:

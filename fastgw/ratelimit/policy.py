@@ -44,6 +44,7 @@ __all__ = [
     "LimitPolicy",
     "RouteLimits",
     "check_overrides",
+    "endpoint_bucket_id",
 ]
 
 LEVEL_NAMES: Final = {
@@ -80,7 +81,7 @@ class RouteLimits:
     """One route's part: its endpoint's cost and its per-customer endpoint bucket, if any."""
 
     endpoint: bytes
-    index: int  # NO_ENDPOINT: no endpoint bucket
+    bucket_id: int  # names the endpoint's bucket in the shared table; NO_ENDPOINT: no bucket
     cost: int
     rate_per_s: float
     burst: int
@@ -88,7 +89,8 @@ class RouteLimits:
     levels: int = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "levels", 0 if self.index == NO_ENDPOINT else Level.ENDPOINT.bit)
+        levels = 0 if self.bucket_id == NO_ENDPOINT else Level.ENDPOINT.bit
+        object.__setattr__(self, "levels", levels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,14 @@ class GlobalLimits:
     rate_per_s: float
     burst: int
     window_us: int = 0
+
+
+def endpoint_bucket_id(name: str) -> int:
+    """The id of an endpoint's bucket in the shared table: from its name, not its place in the
+    config, so a reload that adds or removes endpoints keeps every bucket where it was (the
+    table outlives reloads). 40 bits of ``hash64``; a collision would only mix two endpoints'
+    salts, and the customer fingerprint still separates customers."""
+    return hash64(b"endpoint:" + name.encode("ascii")) & ((1 << 40) - 1)
 
 
 def check_overrides(quotas: Mapping[str, float]) -> None:
@@ -140,11 +150,11 @@ class LimitPolicy:
         }
         self._default = self._tiers[config.default_tier.encode("ascii")]
         self._routes: dict[str, RouteLimits] = {}
-        for index, (name, endpoint) in enumerate(sorted(config.endpoints.items())):
+        for name, endpoint in config.endpoints.items():
             rate = endpoint.requests_per_second
             self._routes[name] = RouteLimits(
                 name.encode("ascii"),
-                NO_ENDPOINT if rate is None else index,
+                NO_ENDPOINT if rate is None else endpoint_bucket_id(name),
                 endpoint.cost_weight,
                 0.0 if rate is None else float(rate),
                 0 if rate is None else endpoint_burst(rate),

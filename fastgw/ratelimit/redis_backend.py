@@ -5,7 +5,7 @@ What it owns
     is ``redis``. It sends ``customer.lua`` by EVALSHA through the hot-path client
     (``fastgw.resp``), which writes it in one ``write`` with whatever else this loop iteration
     sent; the stage PAUSEs and the reply resumes the exchange. On a standalone Redis that one
-    script decides every level, the global bucket included (its key is KEYS[4]): one command,
+    script decides every level, the global bucket included (its key is KEYS[2]): one command,
     one decision, as the memory backend makes it. On a Cluster the global key lives in another
     slot, so ``global.lua`` goes beside it in the same write (two commands, one round trip).
     ``on_failure`` when Redis fails.
@@ -36,7 +36,7 @@ from fastgw.exchange import PAUSED
 from fastgw.pipeline import CONTINUE, PAUSE, RESPOND
 from fastgw.ratelimit.decision import REPLY_LENGTH, Level, longer_wait
 from fastgw.ratelimit.policy import NO_ENDPOINT, NO_QUOTA
-from fastgw.ratelimit.script import CUSTOMER, GLOBAL, global_key
+from fastgw.ratelimit.script import CUSTOMER, GLOBAL, customer_key, global_key
 from fastgw.resp import ReplyError
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class RedisLimits:
         self._unavailable = unavailable
         policy = limiter.policy
         top = policy.global_limits
-        # Standalone Redis: customer.lua also decides the global level (KEYS[4]), one script,
+        # Standalone Redis: customer.lua also decides the global level (KEYS[2]), one script,
         # atomically. Cluster: global.lua beside it, in its own slot (see script.py).
         self._combined = combined and top is not None
         shadow_bits = policy.shadow if self._combined else policy.shadow & _CUSTOMER_SHADOW
@@ -137,7 +137,7 @@ class RedisLimits:
         if customer is not None:
             call.customer_args = args = self._customer_command(customer, route)
             call.pending += 1
-            send(args, call.on_customer, args[3])
+            send(args, call.on_customer, args[3])  # routed by the customer's key
         if global_args is not None and (customer is None or not self._combined):
             call.pending += 1
             send(global_args, call.on_global, self._global_key)
@@ -156,11 +156,11 @@ class RedisLimits:
     def _customer_command(self, customer: CustomerLimits, route: RouteLimits) -> tuple[bytes, ...]:
         parts = self._customer_parts.get(id(customer))
         if parts is None or parts[0] is not customer:
-            tag = b"{c:" + customer.customer_id + b"}"
+            key = customer_key(customer.customer_id)
             quota = customer.daily_quota
             parts = (
                 customer,
-                tag,
+                key,
                 _rate(customer.rate_per_s),
                 b"%d" % customer.burst,
                 _ABSENT if quota == NO_QUOTA else b"%d" % quota,
@@ -170,25 +170,25 @@ class RedisLimits:
             self._customer_parts[id(customer)] = parts
         route_parts = self._route_parts.get(route)
         if route_parts is None:
-            with_bucket = route.index != NO_ENDPOINT
+            with_bucket = route.bucket_id != NO_ENDPOINT
             route_parts = (
-                b":e:" + route.endpoint,
+                route.endpoint,
                 b"%d" % route.cost,
                 _rate(route.rate_per_s) if with_bucket else _ABSENT,
                 b"%d" % route.burst if with_bucket else b"0",
             )
             self._route_parts[route] = route_parts
-        _, tag, rate, burst, quota_arg = parts
-        endpoint_key, cost, endpoint_rate, endpoint_burst = route_parts
+        _, key, rate, burst, quota_arg = parts
+        endpoint, cost, endpoint_rate, endpoint_burst = route_parts
         if self._combined:
             return (
-                EVALSHA, _CUSTOMER_SHA, b"4", tag + b":b", tag + endpoint_key, tag + b":q:",
-                self._global_key, cost, rate, burst, endpoint_rate, endpoint_burst, quota_arg,
-                self._shadow, _NO_CLOCK, *self._global_tail,
+                EVALSHA, _CUSTOMER_SHA, b"2", key, self._global_key, cost, rate, burst,
+                endpoint, endpoint_rate, endpoint_burst, quota_arg, self._shadow, _NO_CLOCK,
+                *self._global_tail,
             )  # fmt: skip
         return (
-            EVALSHA, _CUSTOMER_SHA, b"3", tag + b":b", tag + endpoint_key, tag + b":q:",
-            cost, rate, burst, endpoint_rate, endpoint_burst, quota_arg, self._shadow, _NO_CLOCK,
+            EVALSHA, _CUSTOMER_SHA, b"1", key, cost, rate, burst,
+            endpoint, endpoint_rate, endpoint_burst, quota_arg, self._shadow, _NO_CLOCK,
         )  # fmt: skip
 
     def fail(self, call: _Call) -> int:

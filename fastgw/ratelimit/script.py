@@ -7,14 +7,14 @@ What it owns
     scripts' headers document); ``evalsha_or_load`` for redis-py sync clients.
 
 Invariants
-    * The layout functions are plain values in, bytes out, and touch no client, so the hot-path
-      Redis client (a later change) uses them unchanged and can cache what does not vary.
-    * Every customer key is under the hash tag ``{c:<id>}``: one Cluster slot per customer.
+    * The layout functions are plain values in, bytes out, and touch no client; the hot path
+      (``redis_backend.py``) lays out the same ARGV from parts it encodes once.
+    * A customer is ONE key, the hash ``{c:<id>}`` holding every per-customer level (see the
+      header of ``customer.lua`` for its fields and why one key matters on a Cluster).
       Customer ids and endpoint names never hold ``{``, ``}`` or ``:`` (the token and config
-      validators allow ``[A-Za-z0-9_.-]`` only), so distinct (customer, endpoint) pairs never
-      share a key; ``customer_keys`` trusts that and does not check on the hot path.
+      validators allow ``[A-Za-z0-9_.-]`` only), so neither keys nor field names collide.
     * The global key is in a slot of its own. On a standalone Redis it is ``customer.lua``'s
-      KEYS[4] and one script decides every level atomically (what the memory backend decides).
+      KEYS[2] and one script decides every level atomically (what the memory backend decides).
       A Cluster refuses a script whose keys span slots, so there the caller sends
       ``global.lua`` beside it in the same round trip; the two are *not* atomic together: the
       global bucket takes its token even when the customer script refuses, and the customer
@@ -44,11 +44,11 @@ __all__ = [
     "GLOBAL_KEY",
     "LuaScript",
     "customer_argv",
-    "customer_keys",
+    "customer_key",
+    "endpoint_fields",
     "evalsha_or_load",
     "global_argv",
     "global_key",
-    "quota_key",
 ]
 
 
@@ -94,15 +94,14 @@ _NO_CLOCK: Final = b"0"  # the test-hook ARGV in production: use Redis TIME
 _ABSENT: Final = b""  # an ARGV for a level that is off (tonumber('') is nil in Lua)
 
 
-def customer_keys(customer_id: bytes, endpoint: bytes) -> tuple[bytes, bytes, bytes]:
-    """KEYS of ``customer.lua``: customer bucket, endpoint bucket, quota key prefix."""
-    tag = b"{c:" + customer_id + b"}"
-    return tag + b":b", tag + b":e:" + endpoint, tag + b":q:"
+def customer_key(customer_id: bytes) -> bytes:
+    """The customer's hash (KEYS[1] of ``customer.lua``), its own hash tag."""
+    return b"{c:" + customer_id + b"}"
 
 
-def quota_key(customer_id: bytes, day: int) -> bytes:
-    """The key ``customer.lua`` counts a UTC day in (``day``: days since 1970-01-01)."""
-    return b"{c:" + customer_id + b"}:q:%d" % day
+def endpoint_fields(endpoint: bytes) -> tuple[bytes, bytes]:
+    """The customer hash's fields of an endpoint bucket: micro-tokens, last µs."""
+    return b"e:" + endpoint + b":t", b"e:" + endpoint + b":ts"
 
 
 def _rate(rate_per_s: float) -> bytes:
@@ -125,7 +124,7 @@ def customer_argv(
     now_us: int | None = None,
 ) -> tuple[bytes, ...]:
     """ARGV of ``customer.lua`` (layout in its header); ``now_us`` is the test hook. With
-    ``global_request`` the script also decides the global level (KEYS[4]: ``GLOBAL_KEY``)."""
+    ``global_request`` the script also decides the global level (KEYS[2]: ``global_key``)."""
     endpoint_rate = request.endpoint_rate_per_s
     quota = request.daily_quota
     shadow = request.shadow & (Level.CUSTOMER.bit | Level.ENDPOINT.bit | Level.QUOTA.bit)
@@ -133,6 +132,7 @@ def customer_argv(
         b"%d" % request.cost,
         _rate(request.rate_per_s),
         b"%d" % request.burst,
+        request.endpoint,
         _ABSENT if endpoint_rate is None else _rate(endpoint_rate),
         b"%d" % (request.endpoint_burst or 0),
         _ABSENT if quota is None else b"%d" % quota,

@@ -143,7 +143,7 @@ def customer_on(nodes: RedisClusterNodes, master: RedisServer, prefix: str) -> s
 
 
 def bucket_key(customer: str) -> bytes:
-    return f"{{c:{customer}}}:b".encode()
+    return f"{{c:{customer}}}".encode()
 
 
 def assert_key_on(nodes: RedisClusterNodes, key: bytes, master: RedisServer) -> None:

@@ -264,7 +264,7 @@ async def assert_one_shared_burst(deployed: Deployment, crowd: Fleet, customer: 
     )
     assert {(s.status, s.code) for s in samples if s.status != 200} == {(429, "rate_limited")}
     with deployed.redis.client() as direct:
-        assert direct.exists(f"{{c:{customer}}}:b".encode())
+        assert direct.exists(f"{{c:{customer}}}".encode())
 
 
 def test_token_bucket_is_exact_across_instances_and_workers(deployment: Deployment) -> None:
@@ -280,7 +280,7 @@ def test_token_bucket_is_exact_across_instances_and_workers(deployment: Deployme
     # The bucket is Redis's: full (BURST) at the first decision, RATE_PER_S tokens a second.
     assert_token_bucket(samples, burst=BURST, rate_per_s=RATE_PER_S)
     with deployment.redis.client() as direct:
-        assert direct.exists(b"{c:steady-customer}:b")
+        assert direct.exists(b"{c:steady-customer}")
 
 
 def seconds_to_utc_midnight() -> float:
@@ -346,7 +346,7 @@ def test_redis_killed_under_load_then_replaced(deployment: Deployment) -> None:
             deployment.restart_redis("redis-after-failure")
     assert_answered_by_policy(samples)
     with deployment.redis.client() as direct:
-        assert direct.exists(b"{c:outage-customer}:b")  # the load went back to Redis
+        assert direct.exists(b"{c:outage-customer}")  # the load went back to Redis
 
 
 def test_redis_paused_under_load(deployment: Deployment) -> None:

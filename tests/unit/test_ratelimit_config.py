@@ -342,10 +342,10 @@ def test_endpoint_limits_burst_is_the_rate_rounded_up() -> None:
     create = limits.route_limits("CreateVM")
     assert (create.endpoint, create.cost, create.rate_per_s, create.burst) == (
         b"CreateVM", 5, 2.5, 3)  # fmt: skip
-    assert create.index != NO_ENDPOINT
+    assert create.bucket_id != NO_ENDPOINT
     plain = limits.route_limits("Plain")
     assert (plain.cost, plain.rate_per_s, plain.burst) == (1, 0.001, 1)
-    assert plain.index not in (NO_ENDPOINT, create.index)  # one bucket per endpoint
+    assert plain.bucket_id not in (NO_ENDPOINT, create.bucket_id)  # one bucket per endpoint
     assert limits.route_limits("ListVMs") == RouteLimits(b"ListVMs", NO_ENDPOINT, 3, 0.0, 0)
     assert limits.route_limits("Unnamed") == RouteLimits(b"Unnamed", NO_ENDPOINT, 1, 0.0, 0)
 

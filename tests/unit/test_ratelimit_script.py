@@ -37,10 +37,10 @@ from fastgw.ratelimit.script import (
     GLOBAL,
     GLOBAL_KEY,
     customer_argv,
-    customer_keys,
+    customer_key,
+    endpoint_fields,
     evalsha_or_load,
     global_argv,
-    quota_key,
 )
 from tests.support.redis_server import RedisServer, running_redis
 
@@ -54,7 +54,7 @@ def fresh_id() -> bytes:
 
 
 def run(client: redis.Redis, request: CustomerRequest, now_us: int | None) -> Decision:
-    keys = customer_keys(request.customer_id, request.endpoint)
+    keys = [customer_key(request.customer_id)]
     return decode_reply(
         evalsha_or_load(client, CUSTOMER, keys, customer_argv(request, now_us=now_us))
     )
@@ -89,6 +89,15 @@ def client(redis_clean: RedisServer) -> Iterator[redis.Redis]:
 @pytest.fixture
 def pair(client: redis.Redis) -> Pair:
     return Pair(client, ReferenceModel())
+
+
+C1: bytes = customer_key(b"c1")  # the hash of the customer most tests use
+
+
+def quota_used(client: redis.Redis, customer_id: bytes, day: int) -> int | None:
+    """Units the customer's hash counts for ``day`` (None: it counts another day)."""
+    recorded_day, used = client.hmget(customer_key(customer_id), "qd", "qu")
+    return int(used) if recorded_day == b"%d" % day else None
 
 
 def req(**kw: object) -> CustomerRequest:
@@ -187,19 +196,19 @@ def test_script_decides_like_the_model(
         # ... and the state left behind is the model's, to the micro-token
         for key, (tokens, stamp) in model.buckets.items():
             kind, cid, *rest = key
+            fields = (b"t", b"ts")
             if kind == "g":
                 rkey = global_key
             else:
                 assert isinstance(cid, bytes)
-                endpoint = rest[0] if rest else b""
-                assert isinstance(endpoint, bytes)
-                bucket, endpoint_key, _ = customer_keys(cid, endpoint)
-                rkey = bucket if kind == "b" else endpoint_key
-            assert isinstance(rkey, bytes)
-            assert client.hgetall(rkey) == {b"t": b"%d" % tokens, b"ts": b"%d" % stamp}
-        for (_, cid, day), used in model.used.items():
-            assert isinstance(cid, bytes) and isinstance(day, int)
-            assert client.get(quota_key(cid, day)) == b"%d" % used
+                rkey = customer_key(cid)
+                if kind == "e":
+                    assert isinstance(rest[0], bytes)
+                    fields = endpoint_fields(rest[0])
+            assert client.hmget(rkey, *fields) == [b"%d" % tokens, b"%d" % stamp]
+        for (_, cid), (day, used) in model.used.items():  # the day each customer counts
+            assert isinstance(cid, bytes)
+            assert client.hmget(customer_key(cid), "qd", "qu") == [b"%d" % day, b"%d" % used]
 
 
 @settings(deadline=None, max_examples=150)
@@ -241,7 +250,7 @@ def test_sliding_window_decides_like_the_model(
         for advance in advances:
             now += advance
             if combined:
-                keys = [*customer_keys(customer.customer_id, customer.endpoint), key]
+                keys = [customer_key(customer.customer_id), key]
                 argv = customer_argv(customer, g, now_us=now)
                 got = decode_reply(evalsha_or_load(client, CUSTOMER, keys, argv))
                 assert got == model.decide_all(customer, g, now), advance
@@ -307,7 +316,7 @@ def test_one_script_with_the_global_key_decides_like_the_memory_backend(
                 g = GlobalRequest(
                     rate_per_s=global_tier[0], burst=global_tier[1], shadow=bool(step.shadow & 1)
                 )
-            keys = [*customer_keys(request.customer_id, request.endpoint)]
+            keys = [customer_key(request.customer_id)]
             if g is not None:
                 keys.append(global_key)
             reply = evalsha_or_load(client, CUSTOMER, keys, customer_argv(request, g, now_us=now))
@@ -389,10 +398,9 @@ def test_cost_weight_takes_from_bucket_and_quota_not_endpoint(pair: Pair) -> Non
     assert refused.retry_after_s == 2
     assert (refused.limit, refused.remaining) == (10, 1)
     day = T0 // DAY_US
-    assert pair.client.get(quota_key(b"c1", day)) == b"9"  # 3 calls x cost 3
-    bucket, endpoint, _ = customer_keys(b"c1", b"CreateVM")
-    assert pair.client.hget(bucket, "t") == b"%d" % UT  # 10 - 9 tokens
-    assert pair.client.hget(endpoint, "t") == b"%d" % (2 * UT)  # 5 - 3 calls
+    assert quota_used(pair.client, b"c1", day) == 9  # 3 calls x cost 3
+    assert pair.client.hget(C1, "t") == b"%d" % UT  # 10 - 9 tokens
+    assert pair.client.hget(C1, b"e:CreateVM:t") == b"%d" % (2 * UT)  # 5 - 3 calls
 
 
 def test_cost_above_burst_is_never_allowed(pair: Pair) -> None:
@@ -408,9 +416,8 @@ def test_endpoint_bucket_refuses_and_takes_nothing_elsewhere(pair: Pair) -> None
         assert pair.decide(request, T0).allowed
     refused = pair.decide(request, T0)
     assert refused.level is Level.ENDPOINT and refused.retry_after_ms == 400  # 1 / 2.5 s
-    bucket, _, _ = customer_keys(b"c1", b"CreateVM")
-    assert pair.client.hget(bucket, "t") == b"%d" % (97 * UT)
-    assert pair.client.get(quota_key(b"c1", T0 // DAY_US)) == b"3"
+    assert pair.client.hget(C1, "t") == b"%d" % (97 * UT)
+    assert quota_used(pair.client, b"c1", T0 // DAY_US) == 3
     other = pair.decide(replace(request, endpoint=b"ListVMs"), T0)  # its own endpoint bucket
     assert other.allowed
 
@@ -428,8 +435,7 @@ def test_daily_quota_is_exact_and_resets_at_utc_midnight(pair: Pair) -> None:
     fresh = pair.decide(request, midnight)  # 00:00:00.000 UTC: a new day
     assert fresh.allowed and fresh.header_level is Level.QUOTA and fresh.remaining == 4
     assert fresh.reset_ms == 86_400_000
-    assert pair.client.get(quota_key(b"c1", day)) == b"5"
-    assert pair.client.get(quota_key(b"c1", day + 1)) == b"1"
+    assert quota_used(pair.client, b"c1", day + 1) == 1  # the new day replaced the old one
 
 
 def test_quota_of_zero_and_cost_above_quota(pair: Pair) -> None:
@@ -441,12 +447,11 @@ def test_quota_of_zero_and_cost_above_quota(pair: Pair) -> None:
 
 def test_clock_going_backwards_adds_nothing(pair: Pair) -> None:
     request = req(rate_per_s=1.0, burst=2)
-    bucket, _, _ = customer_keys(b"c1", b"CreateVM")
     assert pair.decide(request, T0 + 10 * UT).allowed
     assert pair.decide(request, T0 + 10 * UT).allowed
     back = pair.decide(request, T0)  # 10 s earlier: no refill, and no negative one either
     assert not back.allowed and back.retry_after_ms == 11_000  # measured from the stamp
-    assert pair.client.hgetall(bucket) == {b"t": b"0", b"ts": b"%d" % (T0 + 10 * UT)}
+    assert pair.client.hgetall(C1) == {b"t": b"0", b"ts": b"%d" % (T0 + 10 * UT)}
     assert not pair.decide(request, T0 + 10 * UT + 999_999).allowed
     assert pair.decide(request, T0 + 11 * UT).allowed
 
@@ -496,9 +501,8 @@ def test_shadow_quota_lets_enforced_levels_take(pair: Pair) -> None:
     assert all(d.allowed for d in results)
     assert [d.would_refuse for d in results] == [0, 0, 4, 4, 4]
     assert results[2].retry_after_ms is not None and results[2].retry_after_ms > 0
-    bucket, _, _ = customer_keys(b"c1", b"CreateVM")
-    assert pair.client.hget(bucket, "t") == b"%d" % (5 * UT)  # the enforced bucket took 5
-    assert pair.client.get(quota_key(b"c1", T0 // DAY_US)) == b"2"  # not more than allowed
+    assert pair.client.hget(C1, "t") == b"%d" % (5 * UT)  # the enforced bucket took 5
+    assert quota_used(pair.client, b"c1", T0 // DAY_US) == 2  # not more than allowed
 
 
 def test_shadow_global(client: redis.Redis) -> None:
@@ -524,9 +528,8 @@ def test_without_the_hook_the_clock_is_redis_time(client: redis.Redis) -> None:
     decision = run(client, request, None)
     after = redis_now_us()
     assert before <= decision.now_us <= after
-    bucket, _, _ = customer_keys(b"c1", b"CreateVM")
-    assert client.hget(bucket, "ts") == b"%d" % decision.now_us
-    assert client.get(quota_key(b"c1", decision.now_us // DAY_US)) == b"1"
+    assert client.hget(C1, "ts") == b"%d" % decision.now_us
+    assert quota_used(client, b"c1", decision.now_us // DAY_US) == 1
     assert customer_argv(request)[-1] == b"0"  # production ARGV: no clock of ours
     g = run_global(client, GlobalRequest(rate_per_s=1.0, burst=1), None)
     assert decision.now_us <= g.now_us <= redis_now_us()
@@ -539,29 +542,28 @@ def test_every_key_has_a_ttl(pair: Pair) -> None:
     pair.decide(request, now)
     run_global(pair.client, GlobalRequest(rate_per_s=5.0, burst=5), now)
     keys = sorted(pair.client.keys("*"))
-    assert len(keys) == 4
-    bucket, endpoint, _ = customer_keys(b"c1", b"CreateVM")
-    # TTL = time to refill to full + 5 s; quota: time to 00:00 UTC + 60 s (from the hook clock)
-    bounds = {
-        bucket: 4 / rate * 1000 + 5000,
-        endpoint: 1 / 1.0 * 1000 + 5000,
-        quota_key(b"c1", now // DAY_US): 3600_000 + 60_000,
-        GLOBAL_KEY: 1 / 5.0 * 1000 + 5000,
-    }
-    assert sorted(bounds) == keys
-    for key, bound in bounds.items():
-        assert 0 < pair.client.pttl(key) <= bound, key
+    # The customer's hash lives as long as its longest-lived level needs: here the quota,
+    # until 00:00 UTC + 60 s (the buckets need 4/2 s and 1/1 s + 5 s); the global bucket
+    # until it is full again + 5 s.
+    assert keys == sorted([C1, GLOBAL_KEY])
+    assert 3500_000 < pair.client.pttl(C1) <= 3600_000 + 60_000
+    assert 0 < pair.client.pttl(GLOBAL_KEY) <= 1 / 5.0 * 1000 + 5000
+    # a later call that needs less never shortens it (the quota must outlive the day)
+    pair.decide(req(rate_per_s=rate, burst=burst), now + UT)
+    assert pair.client.pttl(C1) > 3500_000
 
 
-def test_customer_keys_share_one_cluster_slot(tmp_path: Path) -> None:
-    keys = [*customer_keys(b"cust-9", b"CreateVM"), quota_key(b"cust-9", 19_675)]
-    keys.append(customer_keys(b"cust-9", b"ListVMs")[1])
-    slots = {key_slot(k) for k in keys}
-    assert len(slots) == 1
-    assert key_slot(GLOBAL_KEY) not in slots
+def test_a_bucket_only_customer_expires_when_full_again(pair: Pair) -> None:
+    pair.decide(req(rate_per_s=2.0, burst=10, cost=4), T0)
+    assert 0 < pair.client.pttl(C1) <= 4 / 2.0 * 1000 + 5000
+
+
+def test_the_customer_script_runs_on_a_cluster(tmp_path: Path) -> None:
+    key = customer_key(b"cust-9")
+    assert key_slot(GLOBAL_KEY) != key_slot(key)
     with running_redis(cluster=True) as server:
         with server.client() as plain:
-            assert {plain.execute_command("CLUSTER", "KEYSLOT", k) for k in keys} == slots
+            assert plain.execute_command("CLUSTER", "KEYSLOT", key) == key_slot(key)
         cluster = redis.cluster.RedisCluster(host=server.host, port=server.port)
         try:
             request = req(customer_id=b"cust-9", rate_per_s=1.0, burst=2, daily_quota=3)
@@ -569,7 +571,7 @@ def test_customer_keys_share_one_cluster_slot(tmp_path: Path) -> None:
                 evalsha_or_load(
                     cluster,
                     CUSTOMER,
-                    customer_keys(b"cust-9", b"CreateVM"),
+                    [key],
                     customer_argv(request, now_us=T0),
                 )
             )
@@ -596,7 +598,7 @@ def test_both_scripts_in_one_pipelined_round_trip(client: redis.Redis) -> None:
     client.script_load(CUSTOMER.source)
     client.script_load(GLOBAL.source)
     request = req(rate_per_s=1.0, burst=3)
-    keys = customer_keys(b"c1", b"CreateVM")
+    keys = [C1]
     with client.pipeline(transaction=False) as pipe:
         pipe.evalsha(
             GLOBAL.sha1, 1, GLOBAL_KEY, *global_argv(GlobalRequest(rate_per_s=9.0, burst=9))
