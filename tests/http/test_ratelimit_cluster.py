@@ -13,11 +13,10 @@ and 429, in the expected order, saw every decision made by the scripts in the Cl
   decide against the unchanged buckets;
 - a customer's slot migrated to another master between two requests (IMPORTING / MIGRATING,
   ``MIGRATE`` of the slot's keys, ``SETSLOT NODE`` on every master): the next request follows
-  the ``-MOVED`` and the bucket, moved with its key, goes on counting. This test runs with
-  ``on_failure: local`` (the default), and requests made while the slot is half-moved, which
-  Redis answers ``-TRYAGAIN`` (the customer script names keys that are on one side only, or
-  on none), must get no 5xx; the local table, which never saw the customer, would have
-  allowed a full burst after the move, so the count that goes on is Redis's.
+  the ``-MOVED`` and the bucket, moved with its key, goes on counting. Requests made while
+  the slot is half-moved are decided by Redis too (``on_failure: closed`` would answer 503
+  otherwise): a customer is one key, so no ``-TRYAGAIN``; and the local table, which never saw
+  the customer, would have allowed a full burst after the move, so the count is Redis's.
 
 One Cluster per module (its start is most of the module's time); each test empties it first
 and reads slot owners from the Cluster, so a test may leave a slot moved.
@@ -275,15 +274,15 @@ async def test_noscript_after_a_flush_on_every_master_is_recovered(
 @uvloop_test
 async def test_a_migrated_slot_takes_the_bucket_along(cluster: RedisClusterNodes) -> None:
     """Between two requests of ``customer`` its slot moves; ``passer_by`` (same slot) calls
-    while the slot is half-moved. ``on_failure: local`` here: a request Redis cannot decide in
-    that window (``-TRYAGAIN``: some of the script's keys are on one side only) is decided by
-    the instance's own table, and never gets a 5xx."""
+    while the slot is half-moved. ``on_failure: closed``: Redis must decide every one of them
+    (a customer is one key, so the source serves it or ``-ASK`` sends it to the target; there
+    is no ``-TRYAGAIN`` for keys split across the two), else the answer would be a 503."""
     source, target = cluster.masters[0], cluster.masters[1]
     customer = customer_on(cluster, source, "moving")
     passer_by = same_slot_customer(cluster, customer, "passer")
     slot = key_slot(cluster, bucket_key(customer))
     migration = Migration(cluster, slot, source, target)
-    async with gateway(cluster, on_failure="local") as (gw, client):
+    async with gateway(cluster, on_failure="closed") as (gw, client):
         assert await statuses(client, customer, 2) == [200, 200]  # one token left, on source
         window = [await call(client, passer_by)]
         migration.open()
