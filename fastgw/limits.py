@@ -108,3 +108,13 @@ redirect to a node beyond it fails with ``RedisUnavailable``."""
 
 REDIS_CLOSE_TIMEOUT_S: Final = 1.0
 """How long ``aclose()`` waits for the transports it aborted to report ``connection_lost``."""
+
+# Rate limiting (docs/ratelimiting.md).
+
+MAX_ENCODED_CUSTOMERS: Final = 4096
+"""Customers whose Redis command parts a worker keeps encoded (the set is emptied when full and
+refilled by the next requests): a few hundred bytes each."""
+
+REDIS_LIMITS_START_WAIT_S: Final = 2.0
+"""How long a booting worker waits for Redis before serving anyway (``on_failure`` covers the
+requests until the client reconnects in the background)."""

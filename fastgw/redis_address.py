@@ -13,7 +13,7 @@ from typing import Final
 
 from fastgw.errors import ConfigError, Problem
 
-__all__ = ["CONFIG_PATH", "RedisAddress", "parse_address"]
+__all__ = ["CONFIG_PATH", "RedisAddress", "cluster_problems", "parse_address"]
 
 CONFIG_PATH: Final = "$.gateway.rate_limiting.redis"
 
@@ -52,3 +52,18 @@ def parse_address(address: str) -> RedisAddress:
             ]
         )
     return RedisAddress(host=host.strip("[]"), port=number)
+
+
+def cluster_problems(address: str, db: int, cluster: bool) -> list[Problem]:
+    """What Redis Cluster mode refuses in an otherwise valid setting: a unix socket (a Cluster
+    seed is a node's ``host:port``) and a database other than 0 (a Cluster has one)."""
+    if not cluster:
+        return []
+    problems = []
+    if parse_address(address).unix_path is not None:
+        problems.append(
+            Problem(f"{CONFIG_PATH}.address", "cluster: true needs a 'host:port' address")
+        )
+    if db != 0:
+        problems.append(Problem(f"{CONFIG_PATH}.db", "must be 0 with cluster: true"))
+    return problems

@@ -31,8 +31,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from fastgw.config.gateway import RedisConfig
-from fastgw.errors import ConfigError, Problem
-from fastgw.redis_address import CONFIG_PATH, parse_address
+from fastgw.errors import ConfigError
+from fastgw.redis_address import cluster_problems, parse_address
 
 SyncClient: TypeAlias = "redis.Redis | redis.cluster.RedisCluster"
 AsyncClient: TypeAlias = "redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster"
@@ -58,16 +58,9 @@ def connection_kwargs(config: RedisConfig, *, min_timeout_s: float = 0.0) -> dic
     """Keyword arguments common to every redis-py client class: address, credentials, database
     and timeouts (``max(timeout_s, min_timeout_s)`` for both connect and read)."""
     address = parse_address(config.address)
-    if config.cluster:
-        problems = []
-        if address.unix_path is not None:
-            problems.append(
-                Problem(f"{CONFIG_PATH}.address", "cluster: true needs a 'host:port' address")
-            )
-        if config.db != 0:
-            problems.append(Problem(f"{CONFIG_PATH}.db", "must be 0 with cluster: true"))
-        if problems:
-            raise ConfigError(problems)
+    problems = cluster_problems(config.address, config.db, config.cluster)
+    if problems:  # check-config reports them first; a caller without it still gets the paths
+        raise ConfigError(problems)
     timeout_s = max(config.timeout_s, min_timeout_s)
     kwargs: dict[str, Any] = {
         "password": config.password or None,

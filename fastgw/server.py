@@ -116,4 +116,8 @@ class GatewayServer:
                     conn.transport.abort()
             for pool in ctx.plan.pools:
                 pool.close_all()
-            await ctx.plan.limits.aclose()  # after the aborts: no request uses its table now
+            # One loop turn first: an aborted transport reports connection_lost on the next
+            # one, and only then are its exchanges ABORTED; a Redis callback failed by aclose
+            # before that would resume them and forward into the pools just closed.
+            await asyncio.sleep(0)
+            await ctx.plan.limits.aclose()

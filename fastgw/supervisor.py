@@ -272,7 +272,9 @@ class Supervisor:
             if pid == 0:
                 return
             child = self._children.pop(pid, None)
-            if self._limits is not None and self._limits.release_locks_of(pid):
+            # Only a signal can end a worker inside a decision (decide releases in finally).
+            limits = self._limits
+            if limits is not None and os.WIFSIGNALED(status) and limits.release_locks_of(pid):
                 log.warning("worker %d died holding a rate-limit table lock; freed it", pid)
             if child is not None:
                 self._on_exit(child, status)
@@ -459,6 +461,14 @@ class Supervisor:
             except BootError as error:
                 log.error("reload rejected: %s", error)
                 return
+        keys, kept = config.gateway.rate_limiting.max_keys, current.config.gateway.rate_limiting
+        if keys != kept.max_keys and self._limits is not None:
+            log.warning(
+                "gateway.rate_limiting.max_keys changed to %d: the rate-limit table keeps its "
+                "size (%d keys) and its state until the next restart",
+                keys,
+                self._limits.capacity,
+            )
         size = self._workers_override or server.workers or os.cpu_count() or 1
         self._next = Generation(current.number + 1, config, listener, size)
         self._next_deadline = time.monotonic() + WORKER_BOOT_TIMEOUT_S

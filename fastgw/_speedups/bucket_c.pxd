@@ -49,6 +49,11 @@ cdef extern from *:
 
     static inline int fastgw_release_if_owner(long long *word, long long pid) {
         long long expected = pid;
+        /* read first: a compare-and-swap is a write, and would make every page of the
+           table resident just to find the few cells a dead worker held */
+        if (__atomic_load_n(word, __ATOMIC_RELAXED) != pid) {
+            return 0;
+        }
         return __atomic_compare_exchange_n(word, &expected, 0, 0,
                                            __ATOMIC_RELEASE, __ATOMIC_RELAXED);
     }
@@ -127,7 +132,7 @@ cdef class LimitTable:
 
     @cython.locals(customer=_Level, endpoint=_Level, quota=_Level, glob=_Level,
                    day=cython.longlong, a=cython.longlong, b=cython.longlong,
-                   c=cython.longlong)
+                   c=cython.longlong, held=cython.int)
     cpdef long long decide(self, long long now_us, long long customer_fp, long long cost,
                            double rate, long long burst, long long endpoint_id,
                            double endpoint_rate, long long endpoint_burst,

@@ -35,12 +35,18 @@ Invariants
       million live keys, about 1 chance in 4.6 million.
 
 Locks: one source, two mechanisms
-    The compiled build holds a lock cell by compare-and-swap of its pid (``bucket_c.pxd``); a
-    waiter that spins for long checks whether the holder still exists and takes over a lock left
-    by a dead process, and the master also frees the locks of a worker it reaps
-    (``release_locks_of``). Pure Python cannot do an atomic compare-and-swap, so the pure build
-    takes an ``fcntl`` record lock on one byte per lock cell instead (the kernel drops those when a
-    process dies); a table remembers which build made it and refuses the other.
+    The compiled build holds a lock cell by compare-and-swap of its pid (``bucket_c.pxd``). The
+    master frees the locks of a worker a signal killed when it reaps it (``release_locks_of``);
+    a waiter also takes over a lock whose holder no longer exists at all (a dead process that is
+    not reaped yet still exists, so that is for a master that is gone too). Pure Python cannot
+    do an atomic compare-and-swap, so the pure build takes an ``fcntl`` record lock on one byte
+    per lock cell instead (the kernel drops those when a process dies); a table remembers which
+    build made it and refuses the other.
+
+Arguments
+    Checked on every call, the same in both builds, with one exception: an integer beyond
+    int64 is an OverflowError in the compiled build (the C signature) and a ValueError in the
+    pure one; callers never pass one (the config and the request types bound every number).
 
 Why like this
     Workers each granting the full limit would multiply every limit by the worker count. A
@@ -303,26 +309,32 @@ class LimitTable:
             b, c = c, b
         if a > b:
             a, b = b, a
-        if glob.on:
-            self._lock(_G_LOCK)
+        # Each lock is released only if it was taken: the pure build's fcntl can fail while
+        # waiting (ENOLCK, a signal handler raising), and a lock left behind by a live process
+        # would block every worker for good.
+        held = 0  # how many of (global, a, b, c) are held, in that order
         try:
+            if glob.on:
+                self._lock(_G_LOCK)
+            held = 1
             if a >= 0:
                 self._lock(self._set_cell(a))
+            held = 2
             if b >= 0 and b != a:
                 self._lock(self._set_cell(b))
+            held = 3
             if c >= 0 and c != b:
                 self._lock(self._set_cell(c))
-            try:
-                return self._decide_locked(now_us, day, shadow)
-            finally:
-                if c >= 0 and c != b:
-                    self._unlock(self._set_cell(c))
-                if b >= 0 and b != a:
-                    self._unlock(self._set_cell(b))
-                if a >= 0:
-                    self._unlock(self._set_cell(a))
+            held = 4
+            return self._decide_locked(now_us, day, shadow)
         finally:
-            if glob.on:
+            if held >= 4 and c >= 0 and c != b:
+                self._unlock(self._set_cell(c))
+            if held >= 3 and b >= 0 and b != a:
+                self._unlock(self._set_cell(b))
+            if held >= 2 and a >= 0:
+                self._unlock(self._set_cell(a))
+            if held >= 1 and glob.on:
                 self._unlock(_G_LOCK)
 
     def _decide_locked(self, now_us: int, day: int, shadow: int) -> int:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from fastgw.auth.errors import TokenError
 from fastgw.limits import CUSTOMER_ID
-from fastgw.ratelimit.policy import check_overrides
+from fastgw.ratelimit.decision import check_overrides
 
 if TYPE_CHECKING:
     from fastgw.config.gateway import ClaimNamesConfig

@@ -55,6 +55,7 @@ from fastgw.config.gateway import (
     TlsConfig,
     TracingConfig,
 )
+from fastgw.ratelimit.decision import MAX_BURST, MAX_DAILY_QUOTA, MAX_RATE_PER_S, MIN_RATE_PER_S
 
 __all__ = [
     "DEFAULT_TIERS",
@@ -132,16 +133,21 @@ class RoutingConfig:
 
 # ------------------------------------------------------------------------------ rate_limits
 
+# What the limiter counts exactly (fastgw.ratelimit.decision): rejected here with the key path,
+# never met as an error on the request path.
+RATE_RANGE: Final = (MIN_RATE_PER_S, MAX_RATE_PER_S)
+
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GlobalLimitConfig:
     """``rate_limits.global``: one limit across all traffic."""
 
     requests_per_second: float | None = setting(
-        None, "Rate across all traffic; null: no global limit.", positive=True
+        None, "Rate across all traffic; null: no global limit.", range=RATE_RANGE
     )
     burst_size: int | None = setting(
-        None, "Token bucket size; null: requests_per_second.", range=(1, None)
+        None, "Token bucket size; null: requests_per_second.", range=(1, MAX_BURST)
     )
     window_size_s: float = seconds(
         60.0, "Window of the sliding_window algorithm.", "window_size", positive=True
@@ -166,12 +172,14 @@ class GlobalLimitConfig:
 class TierConfig:
     """``rate_limits.customer_tiers.<tier>``: per-customer limits."""
 
-    requests_per_second: float = required("Token-bucket refill rate per customer.", positive=True)
+    requests_per_second: float = required(
+        "Token-bucket refill rate per customer.", range=RATE_RANGE
+    )
     burst_size: int | None = setting(
-        None, "Token bucket size; null: max(1, requests_per_second).", range=(1, None)
+        None, "Token bucket size; null: max(1, requests_per_second).", range=(1, MAX_BURST)
     )
     requests_per_day: int | None = setting(
-        None, "Quota per customer per UTC day; null: unlimited.", range=(1, None)
+        None, "Quota per customer per UTC day; null: unlimited.", range=(1, MAX_DAILY_QUOTA)
     )
 
     @property
@@ -187,7 +195,7 @@ class EndpointLimitConfig:
     """``rate_limits.endpoints.<EndpointName>``: limits of one route endpoint."""
 
     requests_per_second: float | None = setting(
-        None, "Rate per customer on this endpoint; null: none.", positive=True
+        None, "Rate per customer on this endpoint; null: none.", range=RATE_RANGE
     )
     cost_weight: int = setting(
         1, "Units one call takes from the customer's bucket and daily quota.",

@@ -38,6 +38,7 @@ from fastgw.config.model import (
 from fastgw.config.units import format_duration
 from fastgw.errors import Problem
 from fastgw.ratelimit.decision import MAX_BURST, MAX_WINDOW_US, window_limit
+from fastgw.redis_address import cluster_problems
 
 _SIMPLE_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _HS_MIN_SECRET_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}
@@ -106,6 +107,9 @@ def check_config(found: Findings, values: dict[str, Any]) -> dict[str, Any]:
         _check_instances(found, routing)
     _check_routes(found, values["routes"])
     _check_rate_limits(found, values["rate_limits"], values["routes"])
+    redis = gateway.rate_limiting.redis
+    for problem in cluster_problems(redis.address, redis.db, redis.cluster):
+        found.add(problem.path, problem.message)
     return {**values, "routing": routing}
 
 

@@ -31,6 +31,7 @@ Reply layout (both scripts; a flat array of integers, the cheapest reply to pars
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, cast
@@ -48,6 +49,7 @@ __all__ = [
     "Decision",
     "GlobalRequest",
     "Level",
+    "check_overrides",
     "decode_reply",
     "endpoint_burst",
     "longer_wait",
@@ -103,6 +105,24 @@ def longer_wait(a: int, b: int) -> bool:
     if b == -1:
         return False
     return a == -1 or a > b
+
+
+def check_overrides(quotas: Mapping[str, float]) -> None:
+    """ValueError when a ``quotas`` claim sets a limit to a value no tier could hold."""
+    rate = quotas.get("requests_per_second")
+    if rate is not None and not MIN_RATE_PER_S <= rate <= MAX_RATE_PER_S:
+        raise ValueError(f"requests_per_second must be in {MIN_RATE_PER_S}..{MAX_RATE_PER_S}")
+    burst = quotas.get("burst_size")
+    if burst is not None and not _whole_in(burst, 1, MAX_BURST):
+        raise ValueError(f"burst_size must be an integer in 1..{MAX_BURST}")
+    day = quotas.get("requests_per_day")
+    if day is not None and not _whole_in(day, 0, MAX_DAILY_QUOTA):
+        raise ValueError(f"requests_per_day must be an integer in 0..{MAX_DAILY_QUOTA}")
+
+
+def _whole_in(value: float, low: int, high: int) -> bool:
+    """``value`` is a whole number in ``low..high`` (NaN and infinities are not)."""
+    return low <= value <= high and value == int(value)
 
 
 def _check_rate(name: str, rate_per_s: float) -> None:

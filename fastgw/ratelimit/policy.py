@@ -19,16 +19,12 @@ Invariants
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from fastgw._speedups import customer_fingerprint, hash64
+from fastgw.auth.context import DEV_TIER
 from fastgw.ratelimit.decision import (
-    MAX_BURST,
-    MAX_DAILY_QUOTA,
-    MAX_RATE_PER_S,
-    MIN_RATE_PER_S,
     Level,
     endpoint_burst,
     window_limit,
@@ -43,7 +39,6 @@ __all__ = [
     "GlobalLimits",
     "LimitPolicy",
     "RouteLimits",
-    "check_overrides",
     "endpoint_bucket_id",
 ]
 
@@ -53,6 +48,7 @@ LEVEL_NAMES: Final = {
     "quota": Level.QUOTA,
     "global": Level.GLOBAL,
 }
+_DEV_TIER: Final = DEV_TIER.encode("ascii")
 NO_QUOTA: Final = -1  # daily_quota of a customer without one (the kernel's "level off")
 NO_ENDPOINT: Final = -1
 
@@ -109,24 +105,6 @@ def endpoint_bucket_id(name: str) -> int:
     table outlives reloads). 40 bits of ``hash64``; a collision would only mix two endpoints'
     salts, and the customer fingerprint still separates customers."""
     return hash64(b"endpoint:" + name.encode("ascii")) & ((1 << 40) - 1)
-
-
-def check_overrides(quotas: Mapping[str, float]) -> None:
-    """ValueError when a ``quotas`` claim sets a limit to a value no tier could hold."""
-    rate = quotas.get("requests_per_second")
-    if rate is not None and not MIN_RATE_PER_S <= rate <= MAX_RATE_PER_S:
-        raise ValueError(f"requests_per_second must be in {MIN_RATE_PER_S}..{MAX_RATE_PER_S}")
-    burst = quotas.get("burst_size")
-    if burst is not None and not _whole_in(burst, 1, MAX_BURST):
-        raise ValueError(f"burst_size must be an integer in 1..{MAX_BURST}")
-    day = quotas.get("requests_per_day")
-    if day is not None and not _whole_in(day, 0, MAX_DAILY_QUOTA):
-        raise ValueError(f"requests_per_day must be an integer in 0..{MAX_DAILY_QUOTA}")
-
-
-def _whole_in(value: float, low: int, high: int) -> bool:
-    """``value`` is a whole number in ``low..high`` (NaN and infinities are not)."""
-    return low <= value <= high and value == int(value)
 
 
 class _Tier:
@@ -192,10 +170,8 @@ class LimitPolicy:
         return limits
 
     def _resolve(self, customer: CustomerContext) -> CustomerLimits:
-        from fastgw.auth.context import DEV_TIER
-
         fingerprint = customer_fingerprint(hash64(customer.customer_id))
-        if customer.tier == DEV_TIER.encode("ascii"):
+        if customer.tier == _DEV_TIER:
             return CustomerLimits(customer.customer_id, fingerprint, 1.0, 1, NO_QUOTA, True)
         tier = self._tiers.get(customer.tier, self._default)
         rate, burst, quota = tier.rate_per_s, tier.burst, tier.daily_quota

@@ -15,7 +15,8 @@ Invariants
     * NOSCRIPT (a restart, a failover, SCRIPT FLUSH) is answered by sending the same call once
       with EVAL and the whole source, which also reloads the script for the next EVALSHA.
     * Every request gets an answer within the client's deadline (``redis.timeout``, default
-      20 ms): the client calls back with a timeout when Redis does not answer, and then
+      20 ms; twice that after a NOSCRIPT, whose EVAL re-send has a deadline of its own): the
+      client calls back with a timeout when Redis does not answer, and then
       ``on_failure`` decides: ``local`` the shared in-process table (exact for this instance),
       ``open`` lets the request through without headers, ``closed`` answers 503. Recovery
       needs nothing: the next request tries Redis again. Errors are counted by the client
@@ -32,7 +33,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Final
 
-from fastgw.exchange import PAUSED
+from fastgw.exchange import ABORTED, PAUSED
+from fastgw.limits import MAX_ENCODED_CUSTOMERS
 from fastgw.pipeline import CONTINUE, PAUSE, RESPOND
 from fastgw.ratelimit.decision import REPLY_LENGTH, Level, longer_wait
 from fastgw.ratelimit.policy import NO_ENDPOINT, NO_QUOTA
@@ -165,7 +167,7 @@ class RedisLimits:
                 b"%d" % customer.burst,
                 _ABSENT if quota == NO_QUOTA else b"%d" % quota,
             )
-            if len(self._customer_parts) >= 4096:
+            if len(self._customer_parts) >= MAX_ENCODED_CUSTOMERS:
                 self._customer_parts.clear()
             self._customer_parts[id(customer)] = parts
         route_parts = self._route_parts.get(route)
@@ -272,17 +274,37 @@ class _Call:
         self.pending -= 1
         if self.pending or not self.resumes:
             return
-        self.verdict()
-        self.ex.resume()  # continues the chain, or answers ex.reply (set by verdict)
+        ex = self.ex
+        if ex.state == ABORTED:
+            return  # the client left while Redis answered: nothing to decide or to answer
+        try:
+            self.verdict()
+            ex.resume()  # continues the chain, or answers ex.reply (set by verdict)
+        except Exception:
+            # Never a request left PAUSED with no deadline: close its connection instead.
+            log.exception("rate limiting: could not answer a request after Redis replied")
+            transport = getattr(ex.conn, "transport", None)
+            if transport is not None:
+                transport.abort()
 
     def verdict(self) -> int:
         """The exchange's verdict; whatever goes wrong in reading the replies, ``on_failure``
-        decides instead: a request is never left without an answer."""
+        decides instead: a request is never left without an answer. On a Cluster one script
+        may answer and the other fail: a refusal that did come back still stands."""
         if not self.failed:
             try:
                 return self._decided()
             except Exception as exc:  # non-integer items, or a bug of ours
                 _unexpected(f"{type(exc).__name__}: {exc}")
+        else:
+            limiter = self.backend._limiter
+            for reply in (self.customer_reply, self.global_reply):
+                if reply is not None and reply[0]:
+                    active = limiter.active_levels(self.customer, self.route)
+                    try:
+                        return limiter.finish(self.ex, active, *reply[:7])
+                    except Exception as exc:  # an unreadable refusal: fall back
+                        _unexpected(f"{type(exc).__name__}: {exc}")
         return self.backend.fail(self)
 
     def _decided(self) -> int:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
+from fastgw.limits import REDIS_LIMITS_START_WAIT_S
 from fastgw.ratelimit.limiter import RateLimiter
 from fastgw.ratelimit.policy import LimitPolicy
 from fastgw.ratelimit.redis_backend import RedisLimits
@@ -38,7 +39,6 @@ __all__ = ["LimitService"]
 
 log = logging.getLogger(__name__)
 
-REDIS_START_WAIT_S: Final = 2.0  # a worker's boot waits this long for Redis, then serves anyway
 
 
 class LimitService:
@@ -57,8 +57,13 @@ class LimitService:
         self.redis: RedisLimits | None = None
         self._check: Check = self.limiter.decide_locally
         if settings.backend == "redis":
+            try:
+                client = hot_client(settings.redis)
+            except BaseException:
+                self.close()  # no fd left behind by a config the plan refuses (a reload)
+                raise
             self.redis = RedisLimits(
-                hot_client(settings.redis),
+                client,
                 self.limiter,
                 on_failure=settings.on_failure,
                 unavailable=replies.limits_unavailable,
@@ -90,7 +95,7 @@ class LimitService:
         if self.redis is None:
             return
         client = self.redis.client
-        if not await client.start(wait_s=REDIS_START_WAIT_S):
+        if not await client.start(wait_s=REDIS_LIMITS_START_WAIT_S):
             log.warning("rate limiting: Redis is unreachable at start; on_failure applies")
             return
         for script in (CUSTOMER, GLOBAL):

@@ -12,7 +12,7 @@ Invariants
     * Every command gets its callback within ``timeout_s`` plus the loop's scheduling delay.
 
 Why not redis-py here
-    redis-py's asyncio client costs 38-96 CPU-µs per ``EVALSHA`` on the project's 2-core VM (a
+    redis-py's asyncio client costs 39-70 CPU-µs per ``EVALSHA`` on the project's 2-core VM (a
     coroutine, a Future and a lock round per command); this client costs a few µs (numbers and
     the command that measured them: docs/redis-client.md). redis-py stays for everything off
     the request path (CLI, revocation poller).

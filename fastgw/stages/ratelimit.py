@@ -33,12 +33,12 @@ class RateLimit:
 
     # HOT PATH
     def on_request(self, ex: Exchange) -> int:
+        customer = ex.customer
+        limits = None
+        if customer is not None:
+            limits = self._policy.customer_limits(customer)
+            if limits.unlimited:
+                return CONTINUE  # development tokens: no limit, the concurrency cap included
         if not self._limiter.admit(ex):
             return RESPOND
-        customer = ex.customer
-        if customer is None:
-            return self._check(ex, None, self._route)
-        limits = self._policy.customer_limits(customer)
-        if limits.unlimited:
-            return CONTINUE
         return self._check(ex, limits, self._route)

@@ -859,3 +859,30 @@ async def test_upstream_timeout_and_failure_give_the_slot_back() -> None:
             assert limiter(gw).counts.concurrency_refused == 0
         finally:
             await client.close()
+
+
+@uvloop_test
+async def test_development_tokens_skip_the_concurrency_cap() -> None:
+    """A2: a dev token has no limits, and max_concurrent is one (the held anonymous request
+    holds the only slot; the dev request is still forwarded)."""
+    async with HeldBackend() as backend:
+        extra = config({"global": {"max_concurrent": 1}})
+        extra["gateway"]["authentication"]["development"] = {"enabled": True}
+        async with running(backends=0, extra=extra, dead_ports=[backend.port]) as gw:
+            held = await RawClient.connect(gw.port)
+            dev = await RawClient.connect(gw.port)
+            try:
+                await held.send(get(f"{OPEN}/held"))
+                await eventually(lambda: backend.arrived == 1)
+                assert limiter(gw).inflight == 1
+                dev_auth = {"Authorization": "Bearer dev_customer_7"}
+                await dev.send(get(PRIVATE, headers=dev_auth))
+                await eventually(lambda: backend.arrived == 2)  # forwarded, not refused
+                assert limiter(gw).inflight == 1
+                assert limiter(gw).counts.concurrency_refused == 0
+                backend.release_all()
+                assert (await held.read_one()).status == 200
+                assert (await dev.read_one()).status == 200
+            finally:
+                await held.close()
+                await dev.close()

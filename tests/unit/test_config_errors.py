@@ -89,9 +89,10 @@ CASES: list[tuple[str, object, list[str]]] = [
      [f'$.gateway.server.limits.max_body_size: expected size >= 0B {S_HINT}, got "1.1KB"']),
     ("number range", gw(routing={"retry_budget": 1.5}),
      ["$.gateway.routing.retry_budget: expected number 0..1, got 1.5"]),
-    ("positive number", {"routing": ROUTING,
-                         "rate_limits": {"customer_tiers": {"free": {"requests_per_second": 0}}}},
-     ["$.rate_limits.customer_tiers.free.requests_per_second: expected number > 0, got 0"]),
+    ("rate range", {"routing": ROUTING,
+                    "rate_limits": {"customer_tiers": {"free": {"requests_per_second": 0}}}},
+     ["$.rate_limits.customer_tiers.free.requests_per_second: "
+      "expected number 1e-06..1000000000.0, got 0"]),
     ("open-closed range", gw(routing={"circuit_breaker": {"error_rate": 0}}),
      ["$.gateway.routing.circuit_breaker.error_rate: expected number > 0 and <= 1, got 0"]),
     ("nan", gw(observability={"tracing": {"sample_rate": float("nan")}}),

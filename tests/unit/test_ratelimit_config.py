@@ -17,15 +17,14 @@ import pytest
 
 from fastgw.auth.context import CustomerContext, development_context
 from fastgw.config import Config, ConfigError, parse_config
-from fastgw.ratelimit.decision import MAX_BURST, MAX_DAILY_QUOTA, SHADOW_ALL, Level
-from fastgw.ratelimit.policy import (
-    NO_ENDPOINT,
-    NO_QUOTA,
-    GlobalLimits,
-    LimitPolicy,
-    RouteLimits,
+from fastgw.ratelimit.decision import (
+    MAX_BURST,
+    MAX_DAILY_QUOTA,
+    SHADOW_ALL,
+    Level,
     check_overrides,
 )
+from fastgw.ratelimit.policy import NO_ENDPOINT, NO_QUOTA, GlobalLimits, LimitPolicy, RouteLimits
 from fastgw.ratelimit.service import LimitService
 from fastgw.replies import ReplyTable
 
@@ -461,3 +460,36 @@ def test_check_overrides_refuses_non_finite_numbers_with_value_error(
     # Product bug: infinity escapes as OverflowError from int(inf).
     with pytest.raises(ValueError):
         check_overrides(quotas)
+
+
+@pytest.mark.parametrize(
+    ("limits", "path"),
+    [
+        ({"customer_tiers": {"free": {"requests_per_second": 1e-7}}},
+         "$.rate_limits.customer_tiers.free.requests_per_second"),
+        ({"customer_tiers": {"free": {"requests_per_second": 2e9}}},
+         "$.rate_limits.customer_tiers.free.requests_per_second"),
+        ({"customer_tiers": {"free": {"requests_per_second": 1, "burst_size": 2_000_000_000}}},
+         "$.rate_limits.customer_tiers.free.burst_size"),
+        ({"customer_tiers": {"free": {"requests_per_second": 1, "requests_per_day": 2 * 10**15}}},
+         "$.rate_limits.customer_tiers.free.requests_per_day"),
+        ({"global": {"requests_per_second": 2e9}}, "$.rate_limits.global.requests_per_second"),
+        ({"global": {"requests_per_second": 1, "burst_size": 2_000_000_000}},
+         "$.rate_limits.global.burst_size"),
+    ],
+)  # fmt: skip
+def test_numbers_the_limiter_cannot_count_are_config_errors(
+    limits: dict[str, Any], path: str
+) -> None:
+    """Refused by check-config, never met as a ValueError on the request path."""
+    found = problems(limits)
+    assert [p.split(": ")[0] for p in found] == [path], found
+
+
+def test_a_cluster_needs_a_tcp_seed_and_database_0() -> None:
+    redis = {"address": "unix:///run/redis.sock", "cluster": True, "db": 2}
+    found = problems({}, rate_limiting={"backend": "redis", "redis": redis})
+    assert sorted(p.split(": ")[0] for p in found) == [
+        "$.gateway.rate_limiting.redis.address",
+        "$.gateway.rate_limiting.redis.db",
+    ]

@@ -14,7 +14,7 @@ import pytest
 from bench.micro_chain import CONFIG
 from fastgw.auth.context import CustomerContext
 from fastgw.config import parse_config
-from fastgw.exchange import IN_CHAIN, PAUSED, Exchange
+from fastgw.exchange import ABORTED, IN_CHAIN, PAUSED, Exchange
 from fastgw.pipeline import CONTINUE, RESPOND
 from fastgw.plan import Plan
 from fastgw.ratelimit.redis_backend import _Call
@@ -96,3 +96,108 @@ def test_an_unreadable_reply_falls_back_and_answers_once(tmp_path: Path, reply: 
             await plan.limits.aclose()
 
     asyncio.run(run())
+
+
+def _paused_call(plan: Plan, conn: Conn) -> tuple[Exchange, _Call]:
+    redis = plan.limits.redis
+    assert redis is not None
+    ex = exchange(conn)
+    ex.state = PAUSED
+    policy = plan.limits.policy
+    assert ex.customer is not None
+    call = _Call(redis, ex, policy.customer_limits(ex.customer), policy.route_limits("Account"))
+    call.pending, call.resumes = 2, True  # a Cluster: customer.lua and global.lua
+    return ex, call
+
+
+REFUSED = [1, 1, 2000, 1, 20, 0, 2000, 1]  # customer.lua's reply: level 1 refuses, 2 s
+ALLOWED = [0, 0, 0, 4, 100, 99, 10, 1]  # global.lua's reply: allowed
+
+
+@pytest.mark.parametrize("on_failure", ["local", "open", "closed"])
+def test_a_refusal_stands_when_the_other_script_fails(tmp_path: Path, on_failure: str) -> None:
+    """Cluster: one script answered 429, the other timed out; the 429 is Redis's, it stands."""
+
+    async def run() -> None:
+        plan = plan_for(on_failure, tmp_path)
+        try:
+            conn = Conn()
+            ex, call = _paused_call(plan, conn)
+            call.on_customer(REFUSED)
+            call.on_global(TimeoutError("no reply in time"))
+            assert conn.resumed == [ex]
+            assert ex.reply is plan.replies.rate_limited
+            assert b"Retry-After: 2\r\n" in ex.response_headers
+        finally:
+            await plan.limits.aclose()
+
+    asyncio.run(run())
+
+
+def test_an_allowance_with_the_other_script_failing_goes_to_the_policy(tmp_path: Path) -> None:
+    async def run() -> None:
+        plan = plan_for("closed", tmp_path)
+        try:
+            conn = Conn()
+            ex, call = _paused_call(plan, conn)
+            call.on_global(ALLOWED)
+            call.on_customer(ConnectionError("lost"))
+            assert conn.resumed == [ex] and ex.reply is plan.replies.limits_unavailable
+        finally:
+            await plan.limits.aclose()
+
+    asyncio.run(run())
+
+
+def test_an_abandoned_request_is_neither_decided_nor_resumed(tmp_path: Path) -> None:
+    async def run() -> None:
+        plan = plan_for("local", tmp_path)
+        try:
+            conn = Conn()
+            ex, call = _paused_call(plan, conn)
+            ex.state = ABORTED  # the client left while Redis was answering
+            call.on_customer(REFUSED)
+            call.on_global(ALLOWED)
+            assert conn.resumed == [] and ex.reply is None
+            assert sum(plan.limits.limiter.counts.by_masks) == 0  # nothing counted or charged
+        finally:
+            await plan.limits.aclose()
+
+    asyncio.run(run())
+
+
+class BrokenConn(Conn):
+    """A connection whose chain fails when resumed; its transport must be aborted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transport = AbortRecorder()
+
+    def run_exchange(self, ex: Exchange) -> None:
+        raise RuntimeError("a later stage failed")
+
+
+class AbortRecorder:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_a_failure_after_the_reply_closes_the_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def run() -> None:
+        plan = plan_for("local", tmp_path)
+        try:
+            conn = BrokenConn()
+            _, call = _paused_call(plan, conn)
+            call.on_customer([0, 0, 0, 1, 20, 19, 50, 1])  # customer.lua: allowed
+            call.on_global(ALLOWED)  # resume -> the chain raises
+            assert conn.transport.aborted  # never left PAUSED without a deadline
+        finally:
+            await plan.limits.aclose()
+
+    asyncio.run(run())
+    assert "could not answer a request after Redis replied" in caplog.text
