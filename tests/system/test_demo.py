@@ -134,6 +134,20 @@ def test_demo_serves_and_stops_on_ctrl_c() -> None:
         for tier, token in tokens.items():  # the gateway accepts each printed JWT
             status, listed = _post(f"{vm}/ListVms", token)
             assert status == 200 and listed["vms"] == [], (tier, listed)
+        # The over-limit loop the demo prints: the free tier's burst, then 429s, the limit
+        # shared by the demo's two workers (one table), not granted by each.
+        free = DEFAULT_TIERS["free"]
+        started = time.monotonic()
+        loop = 2 * free.effective_burst_size
+        codes = [_post(f"{vm}/ListVms", tokens["free"]) for _ in range(loop)]
+        elapsed = time.monotonic() - started
+        admitted = sum(1 for status, _ in codes if status == 200)
+        limited = [body for status, body in codes if status == 429]
+        assert admitted + len(limited) == len(codes)
+        assert limited
+        assert all(b["error"]["code"] == "rate_limited" for b in limited)  # type: ignore[index]
+        # one call was made with this token above; the bucket refills during the loop
+        assert admitted <= free.effective_burst_size + free.requests_per_second * elapsed + 1
         status, unauthorized = _post(f"{vm}/ListVms", None)
         assert status == 401
         assert unauthorized["error"]["code"] == "unauthorized"  # type: ignore[index]
