@@ -12,14 +12,12 @@ Clusters' start (Redis holds a new master's state at ``fail`` for 2 s).
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, ParamSpec
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
-import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,57 +26,8 @@ from fastgw.listen import free_port
 from fastgw.resp import RedisTimeout, RedisUnavailable, ReplyError, RespCluster, topology
 from fastgw.resp.slots import SLOTS, crc16, hash_part, key_slot, parse_slots
 from fastgw.resp.topology import ClusterMap
+from tests.support.callbacks import WAIT_S, Collect, checked_uvloop, wait_until
 from tests.support.redis_server import RedisClusterNodes, RedisServer, running_cluster
-
-P = ParamSpec("P")
-WAIT_S = 5.0  # deadline of one wait for callbacks or a state change
-
-# The three helpers below are the ones of test_resp_client.py (a test module is not imported
-# from another one here: tests/unit is not a package).
-
-
-def checked_uvloop(fn: Callable[P, Awaitable[None]]) -> Callable[P, None]:
-    """Run the async test on a fresh uvloop; fail if anything reached its exception handler."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
-        escaped: list[dict[str, Any]] = []
-
-        async def main() -> None:
-            asyncio.get_running_loop().set_exception_handler(lambda _, ctx: escaped.append(ctx))
-            await fn(*args, **kwargs)
-
-        uvloop.run(main())
-        assert not escaped, f"reached the loop's exception handler: {escaped}"
-
-    return wrapper
-
-
-class Collect:
-    """A callback that records each call; ``wait(n)`` awaits the n-th."""
-
-    def __init__(self) -> None:
-        self.got: list[Any] = []
-        self._event = asyncio.Event()
-
-    def __call__(self, reply: object) -> None:
-        self.got.append(reply)
-        self._event.set()
-
-    async def wait(self, count: int, timeout_s: float = WAIT_S) -> list[Any]:
-        async with asyncio.timeout(timeout_s):
-            while len(self.got) < count:
-                self._event.clear()
-                await self._event.wait()
-        return self.got
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
