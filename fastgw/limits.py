@@ -118,3 +118,9 @@ refilled by the next requests): a few hundred bytes each."""
 REDIS_LIMITS_START_WAIT_S: Final = 2.0
 """How long a booting worker waits for Redis before serving anyway (``on_failure`` covers the
 requests until the client reconnects in the background)."""
+
+# Routing (fastgw/routing).
+
+MAX_CACHED_ROUTES: Final = 65_536
+"""Customers whose consistent-hash failover order a worker keeps per candidate group (emptied
+when full and refilled by the next requests): a small tuple each."""

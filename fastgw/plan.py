@@ -18,7 +18,7 @@ from fastgw.auth.service import AuthService
 from fastgw.ratelimit.service import LimitService
 from fastgw.replies import ErrorReply, ReplyTable
 from fastgw.router import Router
-from fastgw.routing.balancer import WeightedRoundRobin
+from fastgw.routing.strategies import Instance, PoolBalancer
 from fastgw.stages.forward import Forward
 from fastgw.stages.health import BackendView, DetailedHealth, Health, Ready
 from fastgw.stages.permissions import RequireGrants
@@ -107,8 +107,7 @@ class Plan:
 
     def _build_router(self, config: Config) -> Router[RoutePlan]:
         routing = config.gateway.routing
-        weights = [instance.weight for instance in config.routing.metald_instances]
-        balancer = WeightedRoundRobin(weights)
+        balancer = self._balancer(config)
         keys = self.auth.keys
         checks: list[tuple[str, Callable[[], bool]]] = []
         if keys is not None:
@@ -153,6 +152,26 @@ class Plan:
             elif route.path_prefix is not None:
                 prefixes.append((route.path_prefix.encode("utf-8"), plan))
         return Router(exact, prefixes)
+
+    def _balancer(self, config: Config) -> PoolBalancer:
+        """Target selection for every route (``routing.strategy``, pools, overflow). A
+        consistent-hash order holds as many instances as a request may try."""
+        instances = [
+            Instance(f"{i.host}:{i.port}".encode("ascii"), i.weight, i.customer_pools)
+            for i in config.routing.metald_instances
+        ]
+        pools = self.pools
+
+        def load(index: int) -> int:  # this worker's requests on the instance now
+            pool = pools[index]
+            return pool.open_connections - pool.idle_count
+
+        return PoolBalancer(
+            config.routing.strategy,
+            instances,
+            depth=config.gateway.routing.retry_attempts + 1,
+            load=load,
+        )
 
     def bad_request(self, reason: str) -> ErrorReply:
         """A 400 naming ``reason``; encoded once per distinct reason (a bounded set)."""

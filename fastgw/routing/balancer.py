@@ -8,6 +8,7 @@ counter bump and a tuple index, and the failover order after each pick is precom
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import reduce
 from math import gcd
 from typing import TYPE_CHECKING, Final
@@ -46,20 +47,37 @@ def smooth_wrr_cycle(weights: list[int]) -> list[int]:
     return cycle
 
 
+def rotations(
+    weights: Sequence[int], members: Sequence[int] | None = None, tail: tuple[int, ...] = ()
+) -> tuple[tuple[int, ...], ...]:
+    """For each position ``i``, the failover order when ``i`` is picked: ``i``, then the other
+    instances of weight > 0 in index order after it (wrapping), then ``tail``; ``members`` maps
+    positions to the instance indexes the orders name (default: the positions themselves)."""
+    names = list(range(len(weights))) if members is None else list(members)
+    live = [i for i, weight in enumerate(weights) if weight > 0]
+    orders: list[tuple[int, ...]] = []
+    for i in range(len(weights)):
+        if i not in live:
+            orders.append(())
+            continue
+        at = live.index(i)
+        ring = [i, *live[at + 1 :], *live[:at]]
+        named = tuple(names[j] for j in ring)
+        orders.append(named + tuple(t for t in tail if t not in named))
+    return tuple(orders)
+
+
 class WeightedRoundRobin:
     __slots__ = ("_cycle", "_next", "_orders")
 
-    def __init__(self, weights: list[int]) -> None:
+    def __init__(
+        self,
+        weights: list[int],
+        members: Sequence[int] | None = None,
+        tail: tuple[int, ...] = (),
+    ) -> None:
         self._cycle = smooth_wrr_cycle(weights)
-        count = len(weights)
-        live = [i for i in range(count) if weights[i] > 0]
-        # For each pick, the failover order: the pick, then the others in index order after it.
-        self._orders: tuple[tuple[int, ...], ...] = tuple(
-            tuple([i] + [j for j in live[live.index(i) + 1 :] + live[: live.index(i)]])
-            if i in live
-            else ()
-            for i in range(count)
-        )
+        self._orders = rotations(weights, members, tail)
         self._next = 0
 
     # HOT PATH: a counter bump and two tuple lookups.
