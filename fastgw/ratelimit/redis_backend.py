@@ -38,7 +38,7 @@ from fastgw.limits import MAX_ENCODED_CUSTOMERS
 from fastgw.pipeline import CONTINUE, PAUSE, RESPOND
 from fastgw.ratelimit.decision import REPLY_LENGTH, Level, longer_wait
 from fastgw.ratelimit.policy import NO_ENDPOINT, NO_QUOTA
-from fastgw.ratelimit.script import CUSTOMER, GLOBAL, customer_key, global_key
+from fastgw.ratelimit.script import CUSTOMER, GLOBAL, customer_key, global_key, rate_arg
 from fastgw.resp import ReplyError
 
 if TYPE_CHECKING:
@@ -60,11 +60,6 @@ _CUSTOMER_SHADOW: Final = Level.CUSTOMER.bit | Level.ENDPOINT.bit | Level.QUOTA.
 REPORT_INTERVAL_S: Final = 10.0  # unusable replies are logged at most this often
 _NO_CLOCK: Final = b"0"
 _ABSENT: Final = b""
-
-
-def _rate(rate_per_s: float) -> bytes:
-    # repr: the shortest text that reads back as the same double (Lua's tonumber is strtod)
-    return repr(float(rate_per_s)).encode("ascii")
 
 
 class RedisLimits:
@@ -109,15 +104,16 @@ class RedisLimits:
         self._global_key = global_key(0 if top is None else top.window_us)
         if top is not None:
             window = b"%d" % top.window_us if top.window_us else _ABSENT
-            self._global_tail = (_rate(top.rate_per_s), b"%d" % top.burst, window)
+            self._global_tail = (rate_arg(top.rate_per_s), b"%d" % top.burst, window)
             shadow = b"1" if policy.shadow & Level.GLOBAL.bit else b"0"
             self._global_args = (
                 EVALSHA, _GLOBAL_SHA, b"1", self._global_key,
-                b"1", _rate(top.rate_per_s), b"%d" % top.burst, shadow, _NO_CLOCK, window,
+                b"1", rate_arg(top.rate_per_s), b"%d" % top.burst, shadow, _NO_CLOCK, window,
             )  # fmt: skip
-        # Encoded parts, bounded: one entry per route, and per customer limits object
-        # (cleared when full; rebuilt on the next request of each).
-        self._route_parts: dict[RouteLimits, tuple[bytes, bytes, bytes, bytes]] = {}
+        # Encoded command parts. Per endpoint name (a bytes key hashes once and caches it,
+        # where the frozen RouteLimits would hash every field per request); per customer
+        # limits object, bounded (cleared when full, rebuilt by the next request of each).
+        self._route_parts: dict[bytes, tuple[bytes, bytes, bytes, bytes]] = {}
         self._customer_parts: dict[int, tuple[CustomerLimits, bytes, bytes, bytes, bytes]] = {}
 
     @property
@@ -163,23 +159,23 @@ class RedisLimits:
             parts = (
                 customer,
                 key,
-                _rate(customer.rate_per_s),
+                rate_arg(customer.rate_per_s),
                 b"%d" % customer.burst,
                 _ABSENT if quota == NO_QUOTA else b"%d" % quota,
             )
             if len(self._customer_parts) >= MAX_ENCODED_CUSTOMERS:
                 self._customer_parts.clear()
             self._customer_parts[id(customer)] = parts
-        route_parts = self._route_parts.get(route)
+        route_parts = self._route_parts.get(route.endpoint)
         if route_parts is None:
             with_bucket = route.bucket_id != NO_ENDPOINT
             route_parts = (
                 route.endpoint,
                 b"%d" % route.cost,
-                _rate(route.rate_per_s) if with_bucket else _ABSENT,
+                rate_arg(route.rate_per_s) if with_bucket else _ABSENT,
                 b"%d" % route.burst if with_bucket else b"0",
             )
-            self._route_parts[route] = route_parts
+            self._route_parts[route.endpoint] = route_parts
         _, key, rate, burst, quota_arg = parts
         endpoint, cost, endpoint_rate, endpoint_burst = route_parts
         if self._combined:

@@ -49,6 +49,7 @@ __all__ = [
     "evalsha_or_load",
     "global_argv",
     "global_key",
+    "rate_arg",
 ]
 
 
@@ -104,8 +105,9 @@ def endpoint_fields(endpoint: bytes) -> tuple[bytes, bytes]:
     return b"e:" + endpoint + b":t", b"e:" + endpoint + b":ts"
 
 
-def _rate(rate_per_s: float) -> bytes:
-    # repr is the shortest string that reads back as the same double (Lua's tonumber is strtod).
+def rate_arg(rate_per_s: float) -> bytes:
+    """A rate as a script ARGV: repr is the shortest text that reads back as the same double
+    (Lua's tonumber is strtod)."""
     return repr(float(rate_per_s)).encode("ascii")
 
 
@@ -130,10 +132,10 @@ def customer_argv(
     shadow = request.shadow & (Level.CUSTOMER.bit | Level.ENDPOINT.bit | Level.QUOTA.bit)
     argv = (
         b"%d" % request.cost,
-        _rate(request.rate_per_s),
+        rate_arg(request.rate_per_s),
         b"%d" % request.burst,
         request.endpoint,
-        _ABSENT if endpoint_rate is None else _rate(endpoint_rate),
+        _ABSENT if endpoint_rate is None else rate_arg(endpoint_rate),
         b"%d" % (request.endpoint_burst or 0),
         _ABSENT if quota is None else b"%d" % quota,
         b"%d" % (shadow | (Level.GLOBAL.bit if global_request and global_request.shadow else 0)),
@@ -144,14 +146,14 @@ def customer_argv(
     if global_request.cost != 1:
         raise ValueError("the global level takes 1 per request in customer.lua")
     window = b"%d" % global_request.window_us if global_request.window_us else _ABSENT
-    return (*argv, _rate(global_request.rate_per_s), b"%d" % global_request.burst, window)
+    return (*argv, rate_arg(global_request.rate_per_s), b"%d" % global_request.burst, window)
 
 
 def global_argv(request: GlobalRequest, *, now_us: int | None = None) -> tuple[bytes, ...]:
     """ARGV of ``global.lua`` (layout in its header); ``now_us`` is the test hook."""
     return (
         b"%d" % request.cost,
-        _rate(request.rate_per_s),
+        rate_arg(request.rate_per_s),
         b"%d" % request.burst,
         b"1" if request.shadow else b"0",
         _clock(now_us),

@@ -169,15 +169,13 @@ class NodePool:
             self._turn = turn
             up[turn].send(args, callback)
         else:
-            self._counters.errors += 1
-            callback(RedisUnavailable(f"redis {self.address}: not connected"))
+            self._refuse(callback)
 
     def send_until(self, args: Args, callback: Callback, deadline: float) -> None:
         """``send`` with the caller's deadline (Cluster: a redirect keeps its first one)."""
         connection = self._pick()
         if connection is None:
-            self._counters.errors += 1
-            callback(RedisUnavailable(f"redis {self.address}: not connected"))
+            self._refuse(callback)
         else:
             connection.send_until(args, callback, deadline)
 
@@ -185,10 +183,14 @@ class NodePool:
         """``ASKING`` + ``args`` on one connection (Cluster ``-ASK``)."""
         connection = self._pick()
         if connection is None:
-            self._counters.errors += 1
-            callback(RedisUnavailable(f"redis {self.address}: not connected"))
+            self._refuse(callback)
         else:
             connection.send_asking(args, callback, deadline)
+
+    def _refuse(self, callback: Callback) -> None:
+        """No connection is up: the command fails at once (the caller's policy decides)."""
+        self._counters.errors += 1
+        callback(RedisUnavailable(f"redis {self.address}: not connected"))
 
     def _pick(self) -> RespConnection | None:
         up = self._up

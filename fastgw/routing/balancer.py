@@ -80,6 +80,11 @@ class WeightedRoundRobin:
         self._orders = rotations(weights, members, tail)
         self._next = 0
 
+    @property
+    def orders(self) -> tuple[tuple[int, ...], ...]:
+        """The failover order after each pick (``rotations``), by position."""
+        return self._orders
+
     # HOT PATH: a counter bump and two tuple lookups.
     def order(self, ex: Exchange) -> tuple[int, ...]:
         cycle = self._cycle

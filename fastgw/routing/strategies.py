@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Final
 
 from fastgw._speedups import HashRing
 from fastgw.limits import MAX_CACHED_ROUTES
-from fastgw.routing.balancer import WeightedRoundRobin, rotations
+from fastgw.routing.balancer import WeightedRoundRobin
 
 if TYPE_CHECKING:
     from fastgw.exchange import Exchange
@@ -84,8 +84,8 @@ class _Group:
         weights = [instances[i].weight for i in members]
         self._weights = tuple(weights)
         self._live = tuple(i for i, weight in enumerate(weights) if weight > 0)
-        self._rotations = rotations(weights, members, self.tail)
         self._rr = WeightedRoundRobin(weights, members, self.tail)
+        self._rotations = self._rr.orders  # least connections walks the same orders
         self._ring: HashRing | None = None
         if strategy == "consistent_hash":
             self._ring = HashRing([instances[i].key for i in members], weights)

@@ -27,6 +27,10 @@ import yaml
 from fastgw.listen import free_port
 from tests.integration.conftest import MockBackend, Proc, child_pids
 from tests.support.admission import (
+    ADMISSION_TIERS,
+    BURST,
+    DAILY_QUOTA,
+    RATE_PER_S,
     Sample,
     assert_spread,
     assert_token_bucket,
@@ -41,10 +45,7 @@ from tests.support.client import RawClient, get
 SECRET = "rate-limit-processes-hs256-secret-0123456789"
 WORKERS = 2
 CONNECTIONS = 16  # all on one worker: 2 ** -15 with an even spread; checked anyway
-RATE_PER_S = 50
-BURST = 100
 HAMMER_S = 2.0
-DAILY_QUOTA = 300
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,7 @@ def config(port: int, backend_port: int) -> dict[str, Any]:
         "routing": {"metald_instances": [{"host": "127.0.0.1", "port": backend_port}]},
         "routes": [{"endpoint": "Echo", "path_prefix": "/echo"}],
         "rate_limits": {
-            "customer_tiers": {
-                "steady": {"requests_per_second": RATE_PER_S, "burst_size": BURST},
-                "daily": {
-                    "requests_per_second": 1_000_000,
-                    "burst_size": 1_000_000,
-                    "requests_per_day": DAILY_QUOTA,
-                },
-            },
+            "customer_tiers": ADMISSION_TIERS,
             "default_tier": "steady",
         },
     }

@@ -42,6 +42,10 @@ import yaml
 from fastgw.listen import free_port
 from tests.integration.conftest import MockBackend, Proc, child_pids
 from tests.support.admission import (
+    ADMISSION_TIERS,
+    BURST,
+    DAILY_QUOTA,
+    RATE_PER_S,
     Sample,
     after,
     assert_spread,
@@ -62,10 +66,7 @@ INSTANCES = 2
 WORKERS = 2
 CONNECTIONS_PER_INSTANCE = 16  # all on one worker: 2 ** -15 with an even spread; checked anyway
 PATH = "/echo/hammer"
-RATE_PER_S = 50
-BURST = 100
 HAMMER_S = 2.0
-DAILY_QUOTA = 300
 SHARED_BURST = 10  # the tier that shows one bucket for both instances (no refill in a test)
 REDIS_TIMEOUT_S = 0.1
 # Slack over the Redis timeout for one whole request (client, gateway, scheduling) on a noisy
@@ -96,12 +97,7 @@ def config(port: int, backend_port: int, redis_address: str) -> dict[str, Any]:
         "routes": [{"endpoint": "Echo", "path_prefix": "/echo"}],
         "rate_limits": {
             "customer_tiers": {
-                "steady": {"requests_per_second": RATE_PER_S, "burst_size": BURST},
-                "daily": {
-                    "requests_per_second": 1_000_000,
-                    "burst_size": 1_000_000,
-                    "requests_per_day": DAILY_QUOTA,
-                },
+                **ADMISSION_TIERS,
                 "shared": {"requests_per_second": 0.001, "burst_size": SHARED_BURST},
             },
             "default_tier": "steady",

@@ -23,6 +23,19 @@ from pathlib import Path
 
 from tests.support.client import RawClient
 
+# The tiers both process tests (memory and Redis backends) measure: a steady bucket, and a
+# daily quota with a bucket that never limits.
+RATE_PER_S = 50
+BURST = 100
+DAILY_QUOTA = 300
+ADMISSION_TIERS: dict[str, dict[str, float]] = {
+    "steady": {"requests_per_second": RATE_PER_S, "burst_size": BURST},
+    "daily": {
+        "requests_per_second": 1_000_000,
+        "burst_size": 1_000_000,
+        "requests_per_day": DAILY_QUOTA,
+    },
+}
 TCP_ESTABLISHED = "01"  # the st column of /proc/net/tcp
 MAX_REQUESTS_PER_CONNECTION = 100_000  # a loop that is never told to stop fails instead
 

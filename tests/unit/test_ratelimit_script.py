@@ -120,6 +120,27 @@ class Step:
     is_global: bool
 
 
+def step_request(
+    step: Step,
+    customers: list[bytes],
+    tiers: list[tuple[tuple[float, int], tuple[float, int]]],
+    endpoint_rates: list[float | None],
+    day_quotas: list[int | None],
+) -> CustomerRequest:
+    """The customer request a random step makes, from the example's numbers."""
+    rate, burst = tiers[step.customer][step.variant]
+    return CustomerRequest(
+        customer_id=customers[step.customer],
+        endpoint=b"ep%d" % step.endpoint,
+        cost=step.cost,
+        rate_per_s=rate,
+        burst=burst,
+        endpoint_rate_per_s=endpoint_rates[step.endpoint],
+        daily_quota=day_quotas[step.customer],
+        shadow=step.shadow,
+    )
+
+
 steps = st.lists(
     st.builds(
         Step,
@@ -181,17 +202,7 @@ def test_script_decides_like_the_model(
                 got = run_global(client, g, now, global_key)
                 assert got == model.decide_global(g, now, global_key), step
                 continue
-            rate, burst = tiers[step.customer][step.variant]
-            request = CustomerRequest(
-                customer_id=customers[step.customer],
-                endpoint=b"ep%d" % step.endpoint,
-                cost=step.cost,
-                rate_per_s=rate,
-                burst=burst,
-                endpoint_rate_per_s=endpoint_rates[step.endpoint],
-                daily_quota=day_quotas[step.customer],
-                shadow=step.shadow,
-            )
+            request = step_request(step, customers, tiers, endpoint_rates, day_quotas)
             assert run(client, request, now) == model.decide(request, now), step
         # ... and the state left behind is the model's, to the micro-token
         for key, (tokens, stamp) in model.buckets.items():
@@ -300,17 +311,7 @@ def test_one_script_with_the_global_key_decides_like_the_memory_backend(
     with redis_server.client() as client:
         for step in steps:
             now += step.advance_us
-            rate, burst = tiers[step.customer][step.variant]
-            request = CustomerRequest(
-                customer_id=customers[step.customer],
-                endpoint=b"ep%d" % step.endpoint,
-                cost=step.cost,
-                rate_per_s=rate,
-                burst=burst,
-                endpoint_rate_per_s=endpoint_rates[step.endpoint],
-                daily_quota=day_quotas[step.customer],
-                shadow=step.shadow,
-            )
+            request = step_request(step, customers, tiers, endpoint_rates, day_quotas)
             g = None
             if step.is_global:
                 g = GlobalRequest(
