@@ -70,6 +70,8 @@ class Exchange:
         "body_done",
         "body_pending",
         "body_pending_bytes",
+        "body_sent",
+        "body_sent_bytes",
         "candidates",
         "chunked_out",
         "close_after",
@@ -85,11 +87,14 @@ class Exchange:
         "method",
         "path",
         "query",
+        "replay",
         "reply",
         "request_id",
         "response_headers",
         "response_started",
+        "retries",
         "route",
+        "sent_s",
         "started_s",
         "state",
         "status",
@@ -123,7 +128,14 @@ class Exchange:
         # Upstream.
         self.upstream: UpstreamProtocol | None = None
         self.candidates: tuple[int, ...] = ()
-        self.attempt = 0
+        self.attempt = 0  # position in candidates of the instance tried now
+        self.retries = 0  # tries after the first
+        self.sent_s = 0.0  # monotonic time the current try was sent (upstream latency)
+        # May this request be sent again after its bytes reached a backend? Then the body
+        # pieces sent are kept (up to MAX_REPLAY_BODY_BYTES) to send them again.
+        self.replay = False
+        self.body_sent: list[bytes] | None = None
+        self.body_sent_bytes = 0
         # Called once when the exchange ends (DONE or ABORTED): a stage that holds something
         # for the exchange's lifetime (a concurrency slot) gives it back here.
         self.end_hook: Callable[[], None] | None = None

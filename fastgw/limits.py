@@ -43,6 +43,21 @@ MAX_UPSTREAM_HEAD_BYTES: Final = 64 * 1024
 MAX_UPSTREAM_HEADERS: Final = 200
 """Most response header fields accepted from a backend; more is a 502."""
 
+MAX_REPLAY_BODY_BYTES: Final = 64 * 1024
+"""Request body kept after sending so a retryable request can be sent again; a longer body
+makes the request not retryable once its bytes reached a backend."""
+
+MIN_FAILOVER_DEPTH: Final = 8
+"""Instances of a customer's consistent-hash order kept for failover (more when retry_attempts
+asks), before the overflow pool."""
+
+HEALTH_REFRESH_INTERVAL_S: Final = 0.1
+"""How often a worker re-reads the shared health table (other workers' ejections, the active
+checks' verdicts) and publishes its own numbers for the admin view."""
+
+HEALTH_CHECK_TIMEOUT_S: Final = 5.0
+"""Longest an active health check may take (and never longer than the check interval)."""
+
 # Identity.
 MAX_REQUEST_ID_BYTES: Final = 128
 """A client's X-Request-ID longer than this (or with odd characters) is replaced."""

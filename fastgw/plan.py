@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from fastgw.auth.service import AuthService
+from fastgw.limits import MIN_FAILOVER_DEPTH
 from fastgw.ratelimit.service import LimitService
 from fastgw.replies import ErrorReply, ReplyTable
 from fastgw.router import Router
+from fastgw.routing.breaker import BreakerSettings
+from fastgw.routing.health import HealthView
 from fastgw.routing.strategies import Instance, PoolBalancer
-from fastgw.stages.forward import Forward
+from fastgw.stages.forward import Backends, Forward
 from fastgw.stages.health import BackendView, DetailedHealth, Health, Ready
 from fastgw.stages.permissions import RequireGrants
 
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from fastgw.config import Config
     from fastgw.http.pool import UpstreamPool
     from fastgw.pipeline import Step
+    from fastgw.routing.health_table import HealthTable
 
 HEALTH_METHODS: Final = frozenset({b"GET", b"HEAD"})
 MAX_CACHED_BAD_REQUESTS: Final = 64
@@ -58,9 +62,11 @@ class Plan:
     __slots__ = (
         "_bad_requests",
         "auth",
+        "backend_view",
         "backends",
         "common_headers",
         "forwarded_proto",
+        "health",
         "limits",
         "pools",
         "replies",
@@ -75,6 +81,9 @@ class Plan:
         pools: list[UpstreamPool],
         workers: int,
         limits_fd: int = -1,
+        *,
+        health_table: HealthTable | None = None,
+        slot: int = 0,
     ) -> None:
         server = config.gateway.server
         self.settings = Settings(
@@ -100,14 +109,15 @@ class Plan:
         # x-forwarded-* by prefix in the kernel); nothing more is stripped by default.
         self.strip_request_fields: frozenset[bytes] = frozenset()
         self.pools = pools
-        self.backends = BackendView(pools)
+        self.health = self._health_view(config, health_table, slot)
+        self.backends = self._backends(config)
+        self.backend_view = BackendView(self.health)
         self.auth = AuthService(config, self.replies)
         self.limits = LimitService(config, self.replies, workers=workers, table_fd=limits_fd)
         self.router = self._build_router(config)
 
     def _build_router(self, config: Config) -> Router[RoutePlan]:
         routing = config.gateway.routing
-        balancer = self._balancer(config)
         keys = self.auth.keys
         checks: list[tuple[str, Callable[[], bool]]] = []
         if keys is not None:
@@ -115,12 +125,17 @@ class Plan:
         limits_ready = self.limits.readiness
         if limits_ready is not None:
             checks.append(("redis", limits_ready))
-        ready = Ready(self.backends, checks)
+        ready = Ready(self.backend_view, checks)
         exact: list[tuple[bytes, RoutePlan]] = [
-            (b"/health", RoutePlan("health", HEALTH_METHODS, (Health(self.backends).on_request,))),
+            (
+                b"/health",
+                RoutePlan("health", HEALTH_METHODS, (Health(self.backend_view).on_request,)),
+            ),
             (
                 b"/health/detailed",
-                RoutePlan("health", HEALTH_METHODS, (DetailedHealth(self.backends).on_request,)),
+                RoutePlan(
+                    "health", HEALTH_METHODS, (DetailedHealth(self.backend_view).on_request,)
+                ),
             ),
             (b"/ready", RoutePlan("health", HEALTH_METHODS, (ready.on_request,))),
         ]
@@ -129,7 +144,7 @@ class Plan:
             timeout_s = (
                 route.timeout_s if route.timeout_s is not None else routing.backend_timeout_s
             )
-            forward = Forward(balancer, self.pools, self.replies, timeout_s, routing.retry_attempts)
+            forward = Forward(self.backends, timeout_s, route.retryable)
             steps: list[Step] = []
             if route.auth == "required":
                 steps.append(self.auth.stage.on_request)
@@ -153,24 +168,55 @@ class Plan:
                 prefixes.append((route.path_prefix.encode("utf-8"), plan))
         return Router(exact, prefixes)
 
+    def _health_view(self, config: Config, table: HealthTable | None, slot: int) -> HealthView:
+        routing = config.gateway.routing
+        breaker = routing.circuit_breaker
+        longest_route_s = max(
+            [routing.backend_timeout_s, *(r.timeout_s or 0.0 for r in config.routes)]
+        )
+        settings = BreakerSettings(
+            failure_threshold=breaker.failure_threshold,
+            error_rate=breaker.error_rate,
+            min_requests=breaker.min_requests,
+            cooldown_s=breaker.cooldown_s,
+            max_cooldown_s=breaker.max_cooldown_s,
+            half_open_probes=breaker.half_open_probes,
+            probe_timeout_s=routing.connect_timeout_s + longest_route_s,
+        )
+        labels = [f"{i.host}:{i.port}" for i in config.routing.metald_instances]
+        return HealthView(table, slot, labels, settings if breaker.enabled else None, self._load)
+
+    def _load(self, index: int) -> int:
+        """This worker's requests in flight on instance ``index``."""
+        if index >= len(self.pools):
+            return 0  # the master's throwaway plan has no pools
+        pool = self.pools[index]
+        return pool.open_connections - pool.idle_count
+
+    def _backends(self, config: Config) -> Backends:
+        routing = config.gateway.routing
+        return Backends(
+            self._balancer(config),
+            self.pools,
+            self.health,
+            self.replies,
+            retry_attempts=routing.retry_attempts,
+            backoff_base_s=routing.retry_backoff_s,
+            retry_budget=routing.retry_budget,
+        )
+
     def _balancer(self, config: Config) -> PoolBalancer:
         """Target selection for every route (``routing.strategy``, pools, overflow). A
-        consistent-hash order holds as many instances as a request may try."""
+        consistent-hash order holds enough instances to fail over past unhealthy ones."""
         instances = [
             Instance(f"{i.host}:{i.port}".encode("ascii"), i.weight, i.customer_pools)
             for i in config.routing.metald_instances
         ]
-        pools = self.pools
-
-        def load(index: int) -> int:  # this worker's requests on the instance now
-            pool = pools[index]
-            return pool.open_connections - pool.idle_count
-
         return PoolBalancer(
             config.routing.strategy,
             instances,
-            depth=config.gateway.routing.retry_attempts + 1,
-            load=load,
+            depth=max(config.gateway.routing.retry_attempts + 1, MIN_FAILOVER_DEPTH),
+            load=self._load,
         )
 
     def bad_request(self, reason: str) -> ErrorReply:

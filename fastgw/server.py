@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import time
 from typing import TYPE_CHECKING, Final
 
+from fastgw.admin import AdminServer
 from fastgw.http.downstream import DownstreamProtocol
+from fastgw.limits import HEALTH_CHECK_TIMEOUT_S, HEALTH_REFRESH_INTERVAL_S
+from fastgw.listen import bind_listener
 from fastgw.plan import Plan, make_pools
+from fastgw.routing.admin_view import UpstreamsReport
+from fastgw.routing.health import ActiveChecks
+from fastgw.routing.health_table import HealthTable, create_health_fd
 from fastgw.worker_context import WorkerContext
 
 if TYPE_CHECKING:
@@ -23,13 +31,39 @@ REAP_INTERVAL_S: Final = 5.0
 
 
 class GatewayServer:
-    def __init__(self, config: Config, workers: int = 1, limits_fd: int = -1) -> None:
+    """``health_fd``: the generation's shared health table (-1: make one for this process);
+    ``slot``: this worker's place in it (slot 0 runs the active health checks);
+    ``admin_sock``: a listening socket for the metrics port (None: bind the configured one
+    when metrics are enabled)."""
+
+    def __init__(
+        self,
+        config: Config,
+        workers: int = 1,
+        limits_fd: int = -1,
+        *,
+        health_fd: int = -1,
+        slot: int = 0,
+        admin_sock: socket.socket | None = None,
+    ) -> None:
         self._config = config
         self._workers = workers
         self._limits_fd = limits_fd  # the master's shared limit table; -1: make one
+        self._health_fd = health_fd
+        self._slot = slot
+        self._admin_sock = admin_sock
         self._server: asyncio.Server | None = None
         self._ctx: WorkerContext | None = None
         self._reaper: asyncio.TimerHandle | None = None
+        self._refresher: asyncio.TimerHandle | None = None
+        self._table: HealthTable | None = None
+        self._checks: ActiveChecks | None = None
+        self._admin: AdminServer | None = None
+
+    @property
+    def admin_port(self) -> int:
+        assert self._admin is not None, "metrics port not served"
+        return self._admin.port
 
     @property
     def context(self) -> WorkerContext:
@@ -46,25 +80,84 @@ class GatewayServer:
         loop = asyncio.get_running_loop()
         ctx = WorkerContext(loop)
         pools = make_pools(self._config, loop, ctx.read_buffer)
-        ctx.plan = Plan(self._config, pools, self._workers, self._limits_fd)
+        self._table = table = self._open_health_table()
+        ctx.plan = Plan(
+            self._config, pools, self._workers, self._limits_fd, health_table=table, slot=self._slot
+        )
         self._ctx = ctx
         server = self._config.gateway.server
         try:
             await ctx.plan.auth.start()
             await ctx.plan.limits.start()
+            await self._start_admin(loop, table)
+            if self._slot == 0:
+                self._start_checks(loop, table)
             if sock is None:
                 self._server = await loop.create_server(
                     lambda: DownstreamProtocol(ctx), server.host, server.port, backlog=2048
                 )
             else:
-                self._server = await loop.create_server(
-                    lambda: DownstreamProtocol(ctx), sock=sock
-                )
+                self._server = await loop.create_server(lambda: DownstreamProtocol(ctx), sock=sock)
         except BaseException:
             await ctx.plan.auth.aclose()  # no background task outlives a failed start
             await ctx.plan.limits.aclose()
+            await self._stop_health()
             raise
         self._schedule_reap()
+        self._refresher = loop.call_later(HEALTH_REFRESH_INTERVAL_S, self._refresh)
+
+    def _open_health_table(self) -> HealthTable:
+        if self._health_fd >= 0:
+            return HealthTable(self._health_fd)
+        # A gateway in one process (tests, a one-worker demo): its own table.
+        fd = create_health_fd(len(self._config.routing.metald_instances), 1)
+        try:
+            return HealthTable(fd)
+        finally:
+            os.close(fd)  # the mapping keeps the memory
+
+    async def _start_admin(self, loop: asyncio.AbstractEventLoop, table: HealthTable) -> None:
+        metrics = self._config.gateway.observability.metrics
+        if not metrics.enabled:
+            return
+        sock = self._admin_sock
+        if sock is None:
+            sock = bind_listener(self._config.gateway.server.host, metrics.port)
+        admin = AdminServer(loop, {b"/admin/upstreams": UpstreamsReport(self._config, table)})
+        await admin.start(sock)
+        self._admin = admin
+
+    def _start_checks(self, loop: asyncio.AbstractEventLoop, table: HealthTable) -> None:
+        routing = self._config.routing
+        self._checks = ActiveChecks(
+            loop,
+            table,
+            [(i.host, i.port) for i in routing.metald_instances],
+            path=routing.health_check_path,
+            interval_s=routing.health_check_interval_s,
+            timeout_s=min(HEALTH_CHECK_TIMEOUT_S, routing.health_check_interval_s),
+            unhealthy_threshold=routing.unhealthy_threshold,
+            recovery_threshold=routing.recovery_threshold,
+        )
+        self._checks.start()
+
+    def _refresh(self) -> None:
+        ctx = self._ctx
+        assert ctx is not None
+        ctx.plan.health.refresh(time.monotonic())
+        ctx.plan.backends.budget.rotate(time.monotonic())
+        self._refresher = ctx.loop.call_later(HEALTH_REFRESH_INTERVAL_S, self._refresh)
+
+    async def _stop_health(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
+        if self._checks is not None:
+            await self._checks.aclose()
+            self._checks = None
+        if self._admin is not None:
+            await self._admin.aclose()
+            self._admin = None
 
     def _schedule_reap(self) -> None:
         ctx = self._ctx
@@ -104,6 +197,7 @@ class GatewayServer:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
+        await self._stop_health()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -121,3 +215,6 @@ class GatewayServer:
             # before that would resume them and forward into the pools just closed.
             await asyncio.sleep(0)
             await ctx.plan.limits.aclose()
+        if self._table is not None:
+            self._table.close()
+            self._table = None

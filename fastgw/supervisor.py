@@ -37,7 +37,6 @@ import logging
 import os
 import select
 import signal
-import socket
 import sys
 import time
 from collections import deque
@@ -47,8 +46,8 @@ from typing import TYPE_CHECKING, Final
 from fastgw import worker
 from fastgw.config import ConfigError, load_config
 from fastgw.errors import BootError
+from fastgw.generation import Generation
 from fastgw.limits import HEARTBEAT_TIMEOUT_S, RESPAWN_BACKOFF_MAX_S
-from fastgw.listen import reserve_port
 from fastgw.plan import check_plan
 from fastgw.ratelimit.shared import create_table_fd, open_table
 from fastgw.worker import BOOT_ERROR_EXIT, BOOTING, READY, STOPPING, WorkerProcess, WorkerSpec
@@ -56,7 +55,6 @@ from fastgw.worker import BOOT_ERROR_EXIT, BOOTING, READY, STOPPING, WorkerProce
 if TYPE_CHECKING:
     from types import FrameType
 
-    from fastgw.config import Config
 
 log = logging.getLogger("fastgw.supervisor")
 
@@ -67,25 +65,6 @@ STOP_GRACE_S: Final = 5.0  # beyond the drain deadline, before a stopping worker
 QUICK_STOP_GRACE_S: Final = 2.0  # after SIGQUIT, before SIGKILL
 POLL_MAX_WAIT_S: Final = 1.0  # the master loop checks its timers at least this often
 MAX_QUEUED_SIGNALS: Final = 8  # more, while the loop is busy, would only repeat an action
-
-
-class Generation:
-    """Workers forked from one config: they share a number, a size and a port reservation."""
-
-    __slots__ = ("config", "failures", "listener", "number", "respawn_at", "size")
-
-    def __init__(self, number: int, config: Config, listener: socket.socket, size: int) -> None:
-        self.number = number
-        self.config = config
-        self.listener = listener  # the master's reservation (bound, never listening)
-        self.size = size
-        self.failures = [0] * size  # per slot: deaths since it was last stable (back-off)
-        self.respawn_at: dict[int, float] = {}  # slot -> monotonic time of its next fork
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.listener.getsockname()[:2]
-        return str(host), int(port)
 
 
 def run_serve(
@@ -122,17 +101,17 @@ def run_serve(
             config.gateway.authentication.development.token_prefix,
         )
     server = config.gateway.server
+    size = workers or server.workers or os.cpu_count() or 1
     try:
-        listener = reserve_port(server.host, server.port)
+        first = Generation.first(config, size)
     except BootError as error:
         print(f"fastgw serve: {error}", file=sys.stderr)
         return BOOT_ERROR_EXIT
-    size = workers or server.workers or os.cpu_count() or 1
     # One limit table for the instance's life: every worker of every generation shares it.
     limits_fd = create_table_fd(config.gateway.rate_limiting.max_keys)
     try:
         return Supervisor(config_path, workers, drain_timeout_s, on_ready, limits_fd).run(
-            Generation(1, config, listener, size)
+            first
         )
     finally:
         os.close(limits_fd)
@@ -205,8 +184,8 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             for signum in self._handlers:
                 signal.signal(signum, signal.SIG_DFL)
-            for generation in filter(None, (first, self._current, self._next)):
-                generation.listener.close()
+            for generation in {id(g): g for g in (first, self._current, self._next) if g}.values():
+                generation.release()
             os.close(self._wake_r)
             os.close(self._wake_w)
         log.info("master %d exiting with code %d", os.getpid(), self._exit_code)
@@ -256,9 +235,16 @@ class Supervisor:
             -1,
             os.getpid(),
             self._limits_fd,
+            slot=slot,
+            health_fd=generation.health_fd,
+            admin_port=generation.admin_port,
         )
         inherited = {self._wake_r, self._wake_w, *(c.fd for c in self._children.values())}
-        inherited |= {g.listener.fileno() for g in (self._current, self._next) if g is not None}
+        for held in (self._current, self._next):
+            if held is not None:
+                inherited |= held.fds()
+                if held is not generation:
+                    inherited.add(held.health_fd)  # another generation's table
         child = WorkerProcess.fork(spec, generation.number, slot, sorted(inherited - {-1}))
         self._children[child.pid] = child
         log.info("spawned worker %d (generation %d, slot %d)", child.pid, generation.number, slot)
@@ -389,6 +375,8 @@ class Supervisor:
                 f"fastgw listening on http://{shown}:{port} ({workers}, pid {os.getpid()})",
                 flush=True,
             )
+            if generation.admin_port:
+                log.info("metrics and admin on port %d", generation.admin_port)
             if self._on_ready_hook is not None:
                 self._on_ready_hook(shown, port)
         if self._reload_pending and self._next is None:
@@ -400,8 +388,7 @@ class Supervisor:
         assert old is not None
         retiring = [c for c in self._children.values() if c.generation == old.number]
         self._signal_children(retiring, signal.SIGTERM, self._drain_timeout_s + STOP_GRACE_S)
-        if old.listener is not generation.listener:
-            old.listener.close()
+        old.release(keep=generation)
         log.info(
             "reload complete: generation %d serving (%d workers), generation %d draining",
             generation.number,
@@ -415,8 +402,7 @@ class Supervisor:
             return
         doomed = [c for c in self._children.values() if c.generation == failed.number]
         self._signal_children(doomed, signal.SIGTERM, self._drain_timeout_s + STOP_GRACE_S)
-        if self._current is None or failed.listener is not self._current.listener:
-            failed.listener.close()
+        failed.release(keep=self._current)
         if self._reload_pending:  # a SIGHUP that came meanwhile may bring a fixed config
             self._reload_pending = False
             self.handle_hup()
@@ -453,14 +439,6 @@ class Supervisor:
             return
         current = self._current
         assert current is not None
-        server, was = config.gateway.server, current.config.gateway.server
-        listener = current.listener
-        if (server.host, server.port) != (was.host, was.port):
-            try:
-                listener = reserve_port(server.host, server.port)
-            except BootError as error:
-                log.error("reload rejected: %s", error)
-                return
         keys, kept = config.gateway.rate_limiting.max_keys, current.config.gateway.rate_limiting
         if keys != kept.max_keys and self._limits is not None:
             log.warning(
@@ -469,8 +447,12 @@ class Supervisor:
                 keys,
                 self._limits.capacity,
             )
-        size = self._workers_override or server.workers or os.cpu_count() or 1
-        self._next = Generation(current.number + 1, config, listener, size)
+        size = self._workers_override or config.gateway.server.workers or os.cpu_count() or 1
+        try:
+            self._next = current.successor(config, size)
+        except BootError as error:
+            log.error("reload rejected: %s", error)
+            return
         self._next_deadline = time.monotonic() + WORKER_BOOT_TIMEOUT_S
         _freeze()
         for slot in range(size):

@@ -79,7 +79,11 @@ STOPPING: Final = "stopping"
 
 # Signals the master handles for itself; a worker puts each back to its default first.
 MASTER_SIGNALS: Final = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGCHLD,
 )
 
 
@@ -95,6 +99,9 @@ class WorkerSpec:
     pipe_fd: int  # write end of this worker's pipe to the master
     master_pid: int
     limits_fd: int = -1  # the instance's shared rate-limit table (inherited); -1: make one
+    slot: int = 0  # this worker's place in its generation (slot 0 runs the health checks)
+    health_fd: int = -1  # the generation's shared health table (inherited); -1: make one
+    admin_port: int = 0  # the metrics port to bind (the master reserved it); 0: metrics off
 
 
 def reset_signals() -> None:
@@ -139,7 +146,15 @@ class Worker:
         sock: socket.socket | None = None
         try:
             sock = bind_listener(spec.host, spec.port)
-            server = GatewayServer(spec.config, spec.workers, spec.limits_fd)
+            admin = bind_listener(spec.host, spec.admin_port) if spec.admin_port else None
+            server = GatewayServer(
+                spec.config,
+                spec.workers,
+                spec.limits_fd,
+                health_fd=spec.health_fd,
+                slot=spec.slot,
+                admin_sock=admin,
+            )
             await server.start(sock)
         except BootError as error:
             return self._boot_failed(str(error), sock)
@@ -156,8 +171,11 @@ class Worker:
         if clean:
             log.info("worker %d drained", os.getpid())
         else:
-            log.warning("worker %d: drain deadline (%.1fs) cut open connections",
-                        os.getpid(), spec.drain_timeout_s)
+            log.warning(
+                "worker %d: drain deadline (%.1fs) cut open connections",
+                os.getpid(),
+                spec.drain_timeout_s,
+            )
         return 0
 
     def _boot_failed(self, message: str, sock: socket.socket | None) -> int:
@@ -182,8 +200,9 @@ class Worker:
     def on_beat_due(self) -> None:
         """Timer callback: beat, unless the master is gone (then drain: nobody supervises us)."""
         if os.getppid() != self._spec.master_pid or not self._send(MSG_BEAT):
-            log.warning("worker %d: master %d is gone; draining", os.getpid(),
-                        self._spec.master_pid)
+            log.warning(
+                "worker %d: master %d is gone; draining", os.getpid(), self._spec.master_pid
+            )
             self._request_stop()
             return
         loop = self._loop
@@ -214,8 +233,12 @@ def enable_migrate_req() -> bool:
             file.seek(0)
             file.write("1\n")
     except OSError as error:
-        log.warning("%s cannot be set (%s): connections queued on a draining worker's listener "
-                    "may be reset during a reload", MIGRATE_REQ_PATH, error.strerror)
+        log.warning(
+            "%s cannot be set (%s): connections queued on a draining worker's listener "
+            "may be reset during a reload",
+            MIGRATE_REQ_PATH,
+            error.strerror,
+        )
         return False
     log.info("enabled %s for a loss-free listener handoff", MIGRATE_REQ_PATH)
     return True
@@ -228,8 +251,18 @@ class WorkerProcess:
     """The master's handle on one forked worker: its pid, the read end of its pipe and what
     the pipe said. The supervisor owns the decisions; this class only forks and decodes."""
 
-    __slots__ = ("boot_error", "fd", "generation", "kill_at", "last_beat", "pid", "ready_at",
-                 "slot", "started", "state")
+    __slots__ = (
+        "boot_error",
+        "fd",
+        "generation",
+        "kill_at",
+        "last_beat",
+        "pid",
+        "ready_at",
+        "slot",
+        "started",
+        "state",
+    )
 
     def __init__(self, pid: int, fd: int, generation: int, slot: int) -> None:
         self.pid = pid
@@ -243,8 +276,9 @@ class WorkerProcess:
         self.boot_error: str | None = None
 
     @classmethod
-    def fork(cls, spec: WorkerSpec, generation: int, slot: int,
-             close_in_child: Iterable[int]) -> WorkerProcess:
+    def fork(
+        cls, spec: WorkerSpec, generation: int, slot: int, close_in_child: Iterable[int]
+    ) -> WorkerProcess:
         """Fork a worker that runs :func:`run_worker` and exits; ``spec.pipe_fd`` is ignored
         (a fresh pipe is made). ``close_in_child`` are the master's fds the worker must not
         hold: its self-pipe, other workers' pipes, the port reservations."""

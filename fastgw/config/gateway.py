@@ -320,7 +320,11 @@ class CircuitBreakerConfig:
     )
     min_requests: int = setting(20, "Requests seen before error_rate applies.", range=(1, None))
     cooldown_s: float = seconds(
-        10.0, "Time open before half-open probes.", "cooldown", positive=True
+        10.0, "Time open before half-open probes; doubles with each opening in a row.",
+        "cooldown", positive=True,
+    )
+    max_cooldown_s: float = seconds(
+        300.0, "Longest cool-down the doubling reaches.", "max_cooldown", positive=True
     )
     half_open_probes: int = setting(
         1, "Trial requests let through when half-open.", range=(1, 1000)
@@ -368,7 +372,11 @@ class MetricsConfig:
     """``gateway.observability.metrics``: the Prometheus endpoint."""
 
     enabled: bool = setting(True, "Serve metrics.")
-    port: int = setting(9090, "Metrics port (must differ from the server port).", range=(1, 65535))
+    port: int = setting(
+        9090,
+        "Metrics and admin port (must differ from the server port; 0 = any free port).",
+        range=(0, 65535),
+    )
     path: str = setting("/metrics", "Metrics path.", kind="path")
 
 

@@ -273,6 +273,11 @@ class RouteConfig:
         None, "Backend timeout for this route; null: gateway.routing.backend_timeout.",
         "timeout", positive=True,
     )
+    retryable: bool = setting(
+        False,
+        "Retry 502/503 answers and timeouts on another instance for every method (idempotent "
+        "methods are retried anyway); only for calls the backend can safely receive twice.",
+    )
 
 
 def _default_routes() -> tuple[RouteConfig, ...]:

@@ -101,6 +101,7 @@ def check_config(found: Findings, values: dict[str, Any]) -> dict[str, Any]:
     _check_jwt(found, gateway.authentication.jwt)
     _check_observability(found, gateway)
     _check_security(found, gateway.security)
+    _check_breaker(found, gateway)
     routing = values["routing"]
     if isinstance(routing, RoutingConfig):
         routing = _reconcile_routing(found, gateway.routing, routing)
@@ -214,7 +215,7 @@ def _check_observability(found: Findings, gateway: GatewayConfig) -> None:
         found.add(f"{path}.tracing.endpoint", "required when tracing.enabled is true")
     port = "$.gateway.server.port"
     metrics = obs.metrics
-    clash = metrics.enabled and metrics.port == gateway.server.port
+    clash = metrics.enabled and metrics.port == gateway.server.port != 0
     if clash and not found.tainted(f"{path}.metrics.port", port):
         found.add(f"{path}.metrics.port", f"{metrics.port} is {port} too; metrics need a port "
                   "of their own")
@@ -254,6 +255,15 @@ def _reconcile_routing(
         elif value != theirs and not (isinstance(value, float) and math.isclose(value, theirs)):
             found.add(here, f"{show(value)} disagrees with {there} {show(theirs)}")
     return routing
+
+
+def _check_breaker(found: Findings, gateway: GatewayConfig) -> None:
+    breaker, path = gateway.routing.circuit_breaker, "$.gateway.routing.circuit_breaker"
+    if breaker.max_cooldown_s < breaker.cooldown_s and not found.tainted(
+        f"{path}.max_cooldown", f"{path}.cooldown"
+    ):
+        found.add(f"{path}.max_cooldown", f"{breaker.max_cooldown_s:g}s is shorter than "
+                  f"{path}.cooldown ({breaker.cooldown_s:g}s)")
 
 
 def _check_instances(found: Findings, routing: RoutingConfig) -> None:

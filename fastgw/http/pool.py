@@ -27,12 +27,10 @@ class UpstreamPool:
         "_buffer",
         "_idle",
         "_loop",
-        "connect_failures",
         "connect_timeout_s",
         "host",
         "host_header",
         "label",
-        "last_latency_s",
         "open_connections",
         "port",
     )
@@ -54,8 +52,6 @@ class UpstreamPool:
         self._idle: list[UpstreamProtocol] = []
         self.host_header = b"Host: %s\r\n" % self.label.encode("ascii")
         self.open_connections = 0
-        self.connect_failures = 0  # consecutive; reset by a successful connect
-        self.last_latency_s = 0.0
 
     # HOT PATH: a list pop.
     def acquire(self) -> UpstreamProtocol | None:
@@ -88,10 +84,8 @@ class UpstreamPool:
                 return
             error = finished.exception()
             if error is not None:
-                self.connect_failures += 1
                 done(None, error)
             else:
-                self.connect_failures = 0
                 done(finished.result(), None)
 
         task.add_done_callback(on_done)

@@ -16,6 +16,7 @@ because a half-sent response cannot be replaced.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
@@ -23,7 +24,7 @@ import httptools
 from fastgw._speedups import HeaderError, scan_response_head
 from fastgw.http.deadline import Deadline
 from fastgw.http.pool import set_nodelay
-from fastgw.limits import MAX_UPSTREAM_HEAD_BYTES, MAX_UPSTREAM_HEADERS
+from fastgw.limits import MAX_REPLAY_BODY_BYTES, MAX_UPSTREAM_HEAD_BYTES, MAX_UPSTREAM_HEADERS
 
 if TYPE_CHECKING:
     from fastgw.exchange import Exchange
@@ -36,6 +37,22 @@ NO_BODY_STATUSES: Final = frozenset({204, 304})
 HTTP11: Final = b" HTTP/1.1\r\n"
 
 DEADLINE_BACKEND: Final = 1
+
+
+def _keep_for_replay(ex: Exchange, pieces: Sequence[bytes]) -> None:
+    """Keep the body pieces just sent so a retry can send them again; past
+    ``MAX_REPLAY_BODY_BYTES`` the request stops being retryable."""
+    size = ex.body_sent_bytes + sum(len(piece) for piece in pieces)
+    if size > MAX_REPLAY_BODY_BYTES:
+        ex.replay = False
+        ex.body_sent = None
+        ex.body_sent_bytes = 0
+        return
+    if ex.body_sent is None:
+        ex.body_sent = list(pieces)
+    else:
+        ex.body_sent.extend(pieces)
+    ex.body_sent_bytes = size
 
 
 class UpstreamHeadTooLarge(Exception):
@@ -205,8 +222,11 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
             )
             self.sent_chunked = False
         if ex.body_pending:
-            for piece in ex.body_pending:
+            pending = ex.body_pending
+            for piece in pending:
                 self._append_body(parts, piece)
+            if ex.replay:
+                _keep_for_replay(ex, pending)
             ex.body_pending = []
             ex.body_pending_bytes = 0
         if ex.body_done and self.sent_chunked:
@@ -228,6 +248,9 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
     def send_body(self, piece: bytes) -> None:
         transport = self.transport
         assert transport is not None
+        ex = self.ex
+        if ex is not None and ex.replay:
+            _keep_for_replay(ex, (piece,))
         if self.sent_chunked:
             transport.writelines((b"%x\r\n" % len(piece), piece, CRLF))
         else:
@@ -262,6 +285,16 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
         ex = self.ex
         assert ex is not None
         response = scan_response_head(self._fields)  # HeaderError stops the parser → 502
+        assert self._forward is not None
+        if not self._forward.on_upstream_status(ex, status):
+            # Not relayed: the request goes to another instance. This connection is dropped
+            # (its response body is unread), then the retry is scheduled.
+            self._detach()
+            self._keep_alive = False
+            if self.transport is not None:
+                self.transport.abort()
+            self._forward.retry_dropped(ex)
+            return
         head_only = ex.method == b"HEAD"
         no_body = head_only or status in NO_BODY_STATUSES
         keep_alive = self._parser.should_keep_alive() and not response.close

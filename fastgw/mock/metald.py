@@ -23,7 +23,9 @@ Routes (every response carries ``X-Metald-Instance: <name>``):
 Behaviour switches (delay, injected failures, dropped connections, Connection: close) apply to
 every route except ``/health`` (steered only by ``health_status``) and ``/__mock/*``, so that a
 test can make calls slow or failing without the gateway's health checker noticing, and the other
-way round. Stats count every completed request except ``/__mock/*``.
+way round. Stats count every completed request except ``/__mock/*`` and ``/health`` (health
+checks are counted apart, as ``health_checks``, so that a gateway's checks do not disturb a
+test's request counts).
 
 HTTP/1.1: keep-alive unless the request says ``Connection: close`` (or is HTTP/1.0 without
 ``keep-alive``); pipelined requests are answered in order; request bodies may use
@@ -217,8 +219,11 @@ class MetaldProtocol(asyncio.Protocol):
         kind = self._kind
         keep_alive = self._parser.should_keep_alive()
         delay_s = 0.0
-        if kind != _MOCK:
+        if kind == _HEALTH:
+            inst.health_checks += 1  # the gateway's own checks: not part of the traffic stats
+        elif kind != _MOCK:
             inst.count(self._path, self._headers, self._body_len)
+        if kind != _MOCK:
             if kind == _HEALTH:
                 if (keep_alive and inst.behaviour.health_status == 200 and self._method == b"GET"
                         and self._parser.get_http_version() == "1.1"):

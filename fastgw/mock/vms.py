@@ -376,8 +376,20 @@ _CHECKS: Final[dict[str, Callable[[Any], bool]]] = {
 class Instance:
     """Everything one mock metald instance shares across its connections."""
 
-    __slots__ = ("_initial", "_status_lines", "behaviour", "by_path", "health_ok",
-                 "last_body_len", "last_headers", "name", "protocols", "requests", "vms")
+    __slots__ = (
+        "_initial",
+        "_status_lines",
+        "behaviour",
+        "by_path",
+        "health_checks",
+        "health_ok",
+        "last_body_len",
+        "last_headers",
+        "name",
+        "protocols",
+        "requests",
+        "vms",
+    )
 
     def __init__(self, name: str, behaviour: Behaviour) -> None:
         self.name = name
@@ -387,6 +399,7 @@ class Instance:
         self.protocols: set[Any] = set()
         self._status_lines: dict[int, bytes] = {}
         self.requests = 0
+        self.health_checks = 0
         self.by_path: dict[bytes, int] = {}
         self.last_headers: list[tuple[bytes, bytes]] = []
         self.last_body_len = 0
@@ -422,6 +435,7 @@ class Instance:
         return {
             "name": self.name,
             "requests": self.requests,
+            "health_checks": self.health_checks,
             "by_path": {p.decode("latin-1"): n for p, n in self.by_path.items()},
             "last_headers": [[n.decode("latin-1"), v.decode("latin-1")]
                              for n, v in self.last_headers],
@@ -435,6 +449,7 @@ class Instance:
         """Forget VMs and stats; with ``behaviour_too`` also restore the start-up behaviour."""
         self.vms.clear()
         self.requests = 0
+        self.health_checks = 0
         self.by_path.clear()
         self.last_headers = []
         self.last_body_len = 0

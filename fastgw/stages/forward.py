@@ -1,67 +1,134 @@
 """The terminal stage: send the exchange to a backend instance and relay the answer.
 
-Target selection gives an ordered candidate tuple (the pick, then the failover order). A
-connect failure moves to the next candidate for any method, because nothing was sent. A
-reused keep-alive connection that dies before any response byte is retried once on a fresh
-connection for idempotent methods only (the backend may have acted on anything else). After
-``retry_attempts`` further tries the client gets 502 ``bad_gateway``; a backend that does not
-answer within the route's timeout gives 504 ``upstream_timeout``.
+Choosing the instance
+    Target selection (``routing/strategies.py``) gives an ordered candidate tuple: the pick,
+    then the failover order. The first candidate the health view lets through is used
+    (``routing/health.py``: active checks up, breaker not open). None at all → 503
+    ``circuit_open`` when breakers hold them off, else ``no_healthy_upstream``.
+
+Retries (at most ``retry_attempts`` after the first try, each on the next usable candidate)
+    * A failed connect: for any method, at once (nothing was sent), outside the retry budget
+      (the next try goes to another instance, so it does not load the failing one).
+    * A reused keep-alive connection closed before any response byte: once more on a fresh
+      connection to the same instance, for idempotent methods without a body (the backend
+      closed an idle socket as we wrote; not a failure of the instance).
+    * After the request's bytes reached a backend (a 502 or 503 answer, a timeout, a lost or
+      unparseable response): only for idempotent methods or routes marked ``retryable``, only
+      while the whole body sent is kept (``MAX_REPLAY_BODY_BYTES``) and nothing was relayed to
+      the client, only within the retry budget, and after an exponential back-off with full
+      jitter. Otherwise the client gets 502 ``bad_gateway`` (or 504 ``upstream_timeout``), or
+      the backend's own 502/503.
+
+Outcomes
+    Each try's outcome feeds the instance's breaker: a response head below 500 is a success
+    (its time since the request was sent is the latency), a 5xx head, a failed connect, a
+    timeout, a lost or unparseable response are failures.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 from fastgw.exchange import ABORTED, PROXYING
 from fastgw.pipeline import PAUSE, RESPOND
+from fastgw.routing.retry import RetryBudget, backoff_s
 
 if TYPE_CHECKING:
     from fastgw.exchange import Exchange
     from fastgw.http.pool import UpstreamPool
     from fastgw.http.upstream import UpstreamProtocol
-    from fastgw.replies import ReplyTable
+    from fastgw.replies import ErrorReply, ReplyTable
+    from fastgw.routing.health import HealthView
 
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+RETRY_STATUSES: Final = frozenset({502, 503})
+
+_clock = time.monotonic
 
 
 class Balancer(Protocol):
     def order(self, ex: Exchange) -> tuple[int, ...]: ...
 
 
-class Forward:
-    __slots__ = ("_balancer", "_pools", "_replies", "_retry_attempts", "_timeout_s")
+class Backends:
+    """What every route's forward stage of one plan shares: the instances, their health, the
+    retry policy and its budget."""
+
+    __slots__ = (
+        "backoff_base_s",
+        "balancer",
+        "budget",
+        "pools",
+        "replies",
+        "retries",
+        "retry_attempts",
+        "view",
+    )
 
     def __init__(
         self,
         balancer: Balancer,
         pools: Sequence[UpstreamPool],
+        view: HealthView,
         replies: ReplyTable,
-        timeout_s: float,
+        *,
         retry_attempts: int,
+        backoff_base_s: float,
+        retry_budget: float,
     ) -> None:
-        self._balancer = balancer
-        self._pools = tuple(pools)
-        self._replies = replies
-        self._timeout_s = timeout_s
-        self._retry_attempts = retry_attempts
+        self.balancer = balancer
+        self.pools = tuple(pools)
+        self.view = view
+        self.replies = replies
+        self.retry_attempts = retry_attempts
+        self.backoff_base_s = backoff_base_s
+        self.budget = RetryBudget(retry_budget)
+        self.retries = 0  # tries after the first, in all (fastgw_retries_total)
 
-    # HOT PATH: with an idle pooled connection, one synchronous write and no Task.
+    def refusal(self, candidates: tuple[int, ...]) -> ErrorReply:
+        if candidates and self.view.circuit_refused(candidates):
+            return self.replies.circuit_open
+        return self.replies.no_healthy_upstream
+
+
+class Forward:
+    __slots__ = ("_backends", "_retryable", "_timeout_s")
+
+    def __init__(self, backends: Backends, timeout_s: float, retryable: bool) -> None:
+        self._backends = backends
+        self._timeout_s = timeout_s
+        self._retryable = retryable
+
+    # HOT PATH: with every instance clear and an idle pooled connection, one synchronous
+    # write and no Task.
     def on_request(self, ex: Exchange) -> int:
-        candidates = self._balancer.order(ex)
-        if not candidates:
-            ex.reply = self._replies.no_healthy_upstream
-            return RESPOND
+        backends = self._backends
+        candidates = backends.balancer.order(ex)
+        backends.budget.requests += 1
+        view = backends.view
+        if view.all_clear and candidates:
+            position = 0
+        else:
+            position = view.first_usable(candidates, 0, _clock())
+            if position < 0:
+                ex.reply = backends.refusal(candidates)
+                return RESPOND
         ex.candidates = candidates
-        ex.attempt = 0
+        ex.attempt = position
+        ex.replay = self._retryable or ex.method in IDEMPOTENT_METHODS
         ex.move(PROXYING)
-        self._dispatch(ex, candidates[0], fresh=False)
+        self._dispatch(ex, fresh=False)
         return PAUSE
 
-    def _dispatch(self, ex: Exchange, index: int, fresh: bool) -> None:
-        pool = self._pools[index]
+    def _dispatch(self, ex: Exchange, fresh: bool) -> None:
+        index = ex.candidates[ex.attempt]
+        pool = self._backends.pools[index]
         upstream = None if fresh else pool.acquire()
         if upstream is not None:
+            ex.sent_s = _clock()
             upstream.start(ex, self, self._timeout_s)
             return
 
@@ -71,21 +138,81 @@ class Forward:
                     pool.release(upstream)
                 return
             if upstream is None:
-                self._next_candidate(ex)
+                self._connect_failed(ex, index)
             else:
+                ex.sent_s = _clock()
                 upstream.start(ex, self, self._timeout_s)
 
         pool.connect(connected)
 
-    def _next_candidate(self, ex: Exchange) -> None:
-        ex.attempt += 1
-        if ex.attempt <= self._retry_attempts and ex.attempt < len(ex.candidates):
-            ex.move(PROXYING)
-            self._dispatch(ex, ex.candidates[ex.attempt], fresh=False)
-        else:
-            ex.conn.on_upstream_failed(ex, self._replies.bad_gateway)
+    def _connect_failed(self, ex: Exchange, index: int) -> None:
+        backends = self._backends
+        now_s = _clock()
+        backends.view.on_failure(index, now_s)
+        if ex.retries < backends.retry_attempts:
+            position = backends.view.first_usable(ex.candidates, ex.attempt + 1, now_s)
+            if position >= 0:
+                ex.retries += 1
+                backends.retries += 1
+                ex.attempt = position
+                ex.move(PROXYING)
+                self._dispatch(ex, fresh=False)
+                return
+        ex.conn.on_upstream_failed(ex, backends.replies.bad_gateway)
+
+    def _plan_retry(self, ex: Exchange, now_s: float) -> bool:
+        """After the request reached a backend: choose the next try if the rules allow one
+        (see the module docstring); True when ``ex.attempt`` now names it."""
+        backends = self._backends
+        if not ex.replay or ex.response_started or ex.retries >= backends.retry_attempts:
+            return False
+        if not backends.budget.withdraw(now_s):
+            return False
+        position = backends.view.first_usable(ex.candidates, ex.attempt + 1, now_s)
+        if position < 0:
+            backends.budget.refund()
+            return False
+        ex.retries += 1
+        backends.retries += 1
+        ex.attempt = position
+        return True
+
+    def _resend_later(self, ex: Exchange) -> None:
+        """Send ``ex`` again after the back-off, with the body pieces already sent first."""
+        sent = ex.body_sent
+        if sent:
+            ex.body_pending = sent + ex.body_pending
+            ex.body_pending_bytes += ex.body_sent_bytes
+        ex.body_sent = None
+        ex.body_sent_bytes = 0
+        delay_s = backoff_s(self._backends.backoff_base_s, ex.retries)
+        asyncio.get_running_loop().call_later(delay_s, self._resend, ex)
+
+    def _resend(self, ex: Exchange) -> None:
+        if ex.state == ABORTED:
+            return  # the client left during the back-off
+        ex.move(PROXYING)
+        self._dispatch(ex, fresh=False)
 
     # -- called by UpstreamProtocol ----------------------------------------------------------
+
+    # HOT PATH: one clock read and the instance's success count.
+    def on_upstream_status(self, ex: Exchange, status: int) -> bool:
+        """A response head arrived: count the outcome. False: do not relay it, the request
+        goes to another instance instead (the caller drops this connection, then calls
+        ``retry_dropped``)."""
+        now_s = _clock()
+        index = ex.candidates[ex.attempt]
+        view = self._backends.view
+        if status < 500:
+            view.on_success(index, now_s, now_s - ex.sent_s)
+            return True
+        view.on_failure(index, now_s)
+        return not (status in RETRY_STATUSES and self._plan_retry(ex, now_s))
+
+    def retry_dropped(self, ex: Exchange) -> None:
+        if ex.state != ABORTED:
+            self._resend_later(ex)
 
     def on_upstream_done(self, ex: Exchange, upstream: UpstreamProtocol) -> None:
         ex.conn.on_upstream_done(ex)
@@ -102,15 +229,23 @@ class Forward:
             and not ex.body_bytes  # a body already streamed cannot be replayed
         ):
             # A stale keep-alive socket: the backend closed it as we wrote. Once, fresh.
-            self._dispatch(ex, ex.candidates[ex.attempt], fresh=True)
+            self._dispatch(ex, fresh=True)
             return
-        ex.conn.on_upstream_failed(ex, self._replies.bad_gateway)
+        self._failed(ex, self._backends.replies.bad_gateway)
 
     def on_upstream_error(self, ex: Exchange, upstream: UpstreamProtocol) -> None:
         """The backend sent something we cannot parse or relay."""
         if ex.state != ABORTED:
-            ex.conn.on_upstream_failed(ex, self._replies.bad_gateway)
+            self._failed(ex, self._backends.replies.bad_gateway)
 
     def on_upstream_timeout(self, ex: Exchange, upstream: UpstreamProtocol) -> None:
         if ex.state != ABORTED:
-            ex.conn.on_upstream_failed(ex, self._replies.upstream_timeout)
+            self._failed(ex, self._backends.replies.upstream_timeout)
+
+    def _failed(self, ex: Exchange, reply: ErrorReply) -> None:
+        now_s = _clock()
+        self._backends.view.on_failure(ex.candidates[ex.attempt], now_s)
+        if self._plan_retry(ex, now_s):
+            self._resend_later(ex)
+        else:
+            ex.conn.on_upstream_failed(ex, reply)

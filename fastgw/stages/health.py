@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from fastgw.exchange import Exchange
-    from fastgw.http.pool import UpstreamPool
+    from fastgw.routing.health import HealthView
 
 
 def _timestamp() -> str:
@@ -25,19 +25,19 @@ def _timestamp() -> str:
 
 
 class BackendView:
-    """What the health endpoints know of the backends. Until active health checks exist, an
-    instance counts as reachable unless its last connection attempts failed."""
+    """What the health endpoints know of the backends: the worker's health view (active
+    checks shared by the gateway instance, breakers), counted."""
 
-    __slots__ = ("_pools",)
+    __slots__ = ("_view",)
 
-    def __init__(self, pools: Sequence[UpstreamPool]) -> None:
-        self._pools = tuple(pools)
+    def __init__(self, view: HealthView) -> None:
+        self._view = view
 
     def reachable(self) -> int:
-        return sum(1 for pool in self._pools if pool.connect_failures == 0)
+        return self._view.reachable()
 
     def total(self) -> int:
-        return len(self._pools)
+        return len(self._view.labels)
 
 
 class Health:

@@ -997,6 +997,9 @@ class _RecordingTransport:
         return getattr(self._inner, name)
 
 
+HEALTH_PROBE: Final = b"GET /health HTTP/1.1\r\n"
+
+
 class Wire:
     """What crossed the gateway→backend hop: written by the gateway (``sent``, one entry per
     upstream connection) and received by the mock backends (``received``)."""
@@ -1016,6 +1019,12 @@ class Wire:
             made(protocol, cast(asyncio.BaseTransport, _RecordingTransport(transport, record)))
 
         def recording_received(protocol: MetaldProtocol, data: bytes) -> None:
+            # The gateway's active health checks are not client traffic: a probe's connection
+            # carries only its one GET of the check path (a path the gateway answers itself,
+            # so never a forwarded request).
+            if id(protocol) not in wire.received and data.startswith(HEALTH_PROBE):
+                data_received(protocol, data)
+                return
             wire.received.setdefault(id(protocol), bytearray()).extend(data)
             data_received(protocol, data)
 

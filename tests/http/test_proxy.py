@@ -302,11 +302,14 @@ async def test_health_endpoints() -> None:
         ready = await client.request(get("/ready"))
         assert ready.status == 200 and ready.json() == {"ready": True, "dependencies": ["metald"]}
         await client.close()
-    async with running(backends=0, dead_ports=[free_port()]) as gw:
+    fast_checks = {"routing": {"unhealthy_threshold": 1, "health_check_interval": "50ms"}}
+    async with running(backends=0, dead_ports=[free_port()], extra=fast_checks) as gw:
         client = await RawClient.connect(gw.port)
-        assert (await client.request(get("/echo"))).status == 502
+        # The first round of active checks (run at start) marks the only instance down.
+        await eventually(lambda: gw.gateway.context.plan.health.reachable() == 0)
         ready = await client.request(get("/ready"))
         assert ready.status == 503 and ready.json()["ready"] is False  # type: ignore[index]
+        assert_error(await client.request(get("/echo")), 503, "no_healthy_upstream")
         await client.close()
 
 

@@ -705,6 +705,7 @@ class HeldBackend:
     requests in flight as long as the test needs. Requests without a body only."""
 
     ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nheld"
+    HEALTHY = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 
     def __init__(self) -> None:
         self.arrived = 0
@@ -734,7 +735,10 @@ class HeldBackend:
         self._tasks.add(task)
         try:
             while True:
-                await reader.readuntil(b"\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith(b"GET /health "):  # the gateway's active health check
+                    writer.write(self.HEALTHY)
+                    continue
                 self.arrived += 1
                 gate = asyncio.Event()
                 self._gates.append(gate)

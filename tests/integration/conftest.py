@@ -179,6 +179,7 @@ def gateway_config(port: int, backend_port: int, **server: Any) -> str:
     return (
         "gateway:\n"
         f"  server: {{{fields}}}\n"
+        "  observability: {metrics: {port: 0}}\n"
         "routing:\n"
         f"  metald_instances: [{{host: 127.0.0.1, port: {backend_port}}}]\n"
         "routes: [{endpoint: Echo, path_prefix: /echo, auth: none}]\n"

@@ -60,6 +60,7 @@ def config(port: int, backend_port: int) -> dict[str, Any]:
             "server": {"host": "127.0.0.1", "port": port},
             "authentication": {"jwt": {"algorithm": "HS256", "hs_secret": SECRET}},
             "rate_limiting": {"backend": "memory"},
+            "observability": {"metrics": {"port": 0}},
         },
         "routing": {"metald_instances": [{"host": "127.0.0.1", "port": backend_port}]},
         "routes": [{"endpoint": "Echo", "path_prefix": "/echo"}],

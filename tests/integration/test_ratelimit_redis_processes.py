@@ -91,7 +91,7 @@ def config(port: int, backend_port: int, redis_address: str) -> dict[str, Any]:
                 "redis": {"address": redis_address, "timeout": "100ms", "pool_size": 1},
                 "on_failure": "local",
             },
-            "observability": {"logging": {"level": "info"}},
+            "observability": {"logging": {"level": "info"}, "metrics": {"port": 0}},
         },
         "routing": {"metald_instances": [{"host": "127.0.0.1", "port": backend_port}]},
         "routes": [{"endpoint": "Echo", "path_prefix": "/echo"}],

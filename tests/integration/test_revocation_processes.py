@@ -44,6 +44,7 @@ def _config(port: int, backend: int, public_pem: Path, redis_address: str) -> st
         f"    jwt: {{public_key_file: {public_pem}, algorithm: EdDSA}}\n"
         "    revocation: {enabled: true, poll_interval: 500ms}\n"
         f"  rate_limiting: {{redis: {{address: '{redis_address}'}}}}\n"
+        "  observability: {metrics: {port: 0}}\n"
         "routing:\n"
         f"  metald_instances: [{{host: 127.0.0.1, port: {backend}}}]\n"
         "routes: [{endpoint: Echo, path_prefix: /echo}]\n"

@@ -65,6 +65,7 @@ def make_config(backend_ports: list[int], extra: dict[str, Any] | None = None) -
             "server": {"host": "127.0.0.1", "port": 0, "workers": 1},
             "authentication": {"development": {"enabled": True}},
             "routing": {"retry_attempts": 1, "backend_timeout": "5s", "connect_timeout": "1s"},
+            "observability": {"metrics": {"port": 0}},
         },
         "routing": {
             "strategy": "round_robin",
