@@ -13,6 +13,8 @@ config, so a figure in a report always measures what its name says.
   redis-server the bench starts for the run, on a unix socket in the run's work dir, measured
   as a process group of its own (``redis``) so that the gateway's CPU per request and Redis's
   are shown apart; and Redis's own count of the limiter's commands per request.
+- ``jwt-routed``: jwt-cached in front of 3 instances by consistent hash (health checks,
+  breakers, failover orders on): what routing and resilience cost on the request path.
 - ``full``: JWT + Redis limits + consistent hashing over 3 instances + metrics + tracing
   sampled at 10 %; its HAProxy peer is to get ``jwt_verify`` and stick-table limits when the
   scenario lands (until a peer has a config doing the same work, it is not run).
@@ -364,6 +366,10 @@ SCENARIOS: Final = {
                  "verified-token cache answers), every limit level checked in a real Redis "
                  "(its CPU reported apart)", requires=("proxy", "jwt", "redis-limits"),
                  gateway_config=redis_limits_config, setup=jwt_setup, start=start_redis),
+        Scenario("jwt-routed", "jwt-cached in front of 3 instances by consistent hash: the "
+                 "routing path with its health checks, breakers and failover orders on",
+                 backends=3, requires=("proxy", "jwt", "memory-limits", "consistent-hash"),
+                 gateway_config=jwt_config, setup=jwt_setup),
         Scenario("full", "JWT + Redis limits + consistent hash over 3 instances + metrics + "
                  "tracing sampled at 10%", backends=3,
                  requires=("proxy", "jwt", "redis-limits", "consistent-hash", "metrics",

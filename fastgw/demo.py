@@ -79,7 +79,7 @@ def _select_readable(fd: int, timeout_s: float) -> tuple[list[int], list[int], l
 
 
 def demo_config(
-    gateway_port: int, backend_ports: list[int], public_key_file: str
+    gateway_port: int, backend_ports: list[int], public_key_file: str, admin_port: int = 0
 ) -> dict[str, object]:
     """The demo's config: the reference layout, memory limits, dev tokens and JWTs checked with
     ``public_key_file`` (EdDSA), default tiers and routes."""
@@ -92,7 +92,7 @@ def demo_config(
             },
             "rate_limiting": {"backend": "memory"},
             "routing": {"backend_timeout": "10s", "retry_attempts": 2},
-            "observability": {"metrics": {"enabled": False}},
+            "observability": {"metrics": {"enabled": True, "port": admin_port}},
         },
         "routing": {
             "strategy": "round_robin",
@@ -142,7 +142,11 @@ def over_limit_loop(config: Config) -> tuple[str, int]:
 
 
 def curl_lines(
-    base: str, tokens: Sequence[DemoToken], loop_tier: str, loop_requests: int
+    base: str,
+    tokens: Sequence[DemoToken],
+    loop_tier: str,
+    loop_requests: int,
+    admin: str | None = None,
 ) -> list[str]:
     """The lines ``fastgw demo`` prints: comments (``#``) and commands, each pasteable alone."""
     vm = f"{base}/vmprovisioner.v1.VmService"
@@ -156,6 +160,11 @@ def curl_lines(
     lines = [
         f"curl -s {base}/health",
         f"curl -s {base}/health/detailed",
+        *(
+            [f"curl -s {admin}/admin/upstreams   # health, breakers, load per backend"]
+            if admin
+            else []
+        ),
         f"# dev token: customer {CUSTOMER}, every permission, no limits",
         f"curl -s -X POST {vm}/CreateVm {dev_auth} {json} -d '{{\"config\":{{}}}}'",
         f"curl -s -X POST {vm}/ListVms {dev_auth} {json} -d '{{}}'",
@@ -185,11 +194,12 @@ def run_demo(port: int, workers: int) -> int:
             mocks.append(process)
             ports.append(mock_port)
         gateway_port = port or free_port("127.0.0.1")
+        admin_port = free_port("127.0.0.1")
         with tempfile.TemporaryDirectory(prefix="fastgw-demo-") as scratch:
             keys = write_key_pair(scratch, DEMO_ALGORITHM)
             config_path = Path(scratch) / "demo.yaml"
             config_path.write_text(
-                yaml.safe_dump(demo_config(gateway_port, ports, str(keys.public_pem)))
+                yaml.safe_dump(demo_config(gateway_port, ports, str(keys.public_pem), admin_port))
             )
             # The file the supervisor will load (a ConfigError here is reported by the CLI).
             config = load_config(config_path)
@@ -204,7 +214,8 @@ def run_demo(port: int, workers: int) -> int:
                     f" key {keys.public_pem}. Try:\n"
                 )
                 base = f"http://{host}:{bound_port}"
-                for line in curl_lines(base, tokens, loop_tier, loop_requests):
+                admin = f"http://{host}:{admin_port}"
+                for line in curl_lines(base, tokens, loop_tier, loop_requests, admin):
                     print(f"  {line}")
                 print("\nCtrl-C stops everything.", flush=True)
 

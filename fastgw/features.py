@@ -19,6 +19,7 @@ AVAILABLE: Final = frozenset(
         "round-robin",  # weighted round robin over routing.metald_instances
         "memory-limits",  # every rate-limit level, shared by the workers (backend: memory)
         "redis-limits",  # the same levels in Redis (Lua, one round trip, Cluster, on_failure)
+        "consistent-hash",  # routing.strategy consistent_hash (pools, failover, health, breakers)
     }
 )
 

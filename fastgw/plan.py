@@ -217,6 +217,7 @@ class Plan:
             instances,
             depth=max(config.gateway.routing.retry_attempts + 1, MIN_FAILOVER_DEPTH),
             load=self._load,
+            bounded_load=config.routing.bounded_load,
         )
 
     def bad_request(self, reason: str) -> ErrorReply:

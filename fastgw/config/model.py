@@ -126,6 +126,12 @@ class RoutingConfig:
         2, "Passed checks in a row that mark it up again.", range=(1, None)
     )
     health_check_path: str = setting("/health", "Path probed with GET.", kind="path")
+    bounded_load: float = setting(
+        0.0,
+        "consistent_hash only: 0 off; c >= 1 skips a customer's instance while its requests "
+        "in flight exceed c x the mean of its pool (this worker's view).",
+        range=(0, 100),
+    )
     metald_instances: tuple[InstanceConfig, ...] = required(
         "Backend instances: at least one; host:port pairs unique.", min_items=1
     )

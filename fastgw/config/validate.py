@@ -275,6 +275,10 @@ def _check_instances(found: Findings, routing: RoutingConfig) -> None:
         if address in seen:
             found.add(here, f"duplicate of {seen[address]} ({instance.host}:{instance.port})")
         seen.setdefault(address, here)
+    bound = routing.bounded_load
+    if 0 < bound < 1:
+        found.add("$.routing.bounded_load", f"{bound:g} is below 1: every instance would be "
+                  "over it; use 0 (off) or a factor >= 1, such as 1.25")
     if instances and all(i.weight == 0 for i in instances) and not found.partial(path):
         found.add(path, "every instance has weight 0, so none would get traffic")
 

@@ -154,6 +154,14 @@ class HealthView:
         """Instances that may get requests now (for ``/ready`` and ``/health/detailed``)."""
         return sum(self.usable)
 
+    def check_latency_ms(self) -> float:
+        """The mean latency of the instances' last active checks (``/health/detailed``)."""
+        table = self._table
+        if table is None or not self.labels:
+            return 0.0
+        total_us = sum(table.check_latency_us(i) for i in range(len(self.labels)))
+        return round(total_us / len(self.labels) / 1000, 3)
+
     # -- the worker loop's tick ------------------------------------------------------------------
 
     def refresh(self, now_s: float) -> None:

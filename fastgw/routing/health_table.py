@@ -165,6 +165,10 @@ class HealthTable:
     def up(self, index: int) -> bool:
         return self._cells[self._check_row(index) + C_UP] == 1
 
+    def check_latency_us(self, index: int) -> int:
+        """The latency of the last active check of ``index`` (0 before the first)."""
+        return int(self._cells[self._check_row(index) + C_LATENCY_US])
+
     def copy_checks(self, source: HealthTable, mapping: Sequence[tuple[int, int]]) -> None:
         """Copy checker rows ``source[old] -> self[new]`` (a reload keeps known verdicts)."""
         for old, new in mapping:

@@ -21,8 +21,14 @@ Invariants
     * Anonymous requests (routes without authentication) have no key to hash and no pool: they
       go to every instance by smooth weighted round robin (or by load under
       ``least_connections``).
-    * Health is not here yet (issue 6 continues): a failed connect moves to the next index of
-      the order, which is how failover and the overflow pool take effect for now.
+    * Health is not decided here: the forward stage walks the order and skips instances the
+      health view holds off (``routing/health.py``), which is how failover and the overflow
+      pool take effect. A consistent-hash order is the customer's first ``depth`` ring
+      instances (at least ``MIN_FAILOVER_DEPTH``), so it outlives several instances down.
+    * ``bounded_load`` (consistent hashing only): the first instance of the order whose
+      in-flight requests stay under c x the pool's mean goes first (consistent hashing with
+      bounded loads, Mirrokni et al., as Envoy's ``hash_balance_factor`` and HAProxy's
+      ``hash-balance-factor``); it reads every member's load, O(members) per request.
 
 Why two random choices for least connections
     Scanning every instance for the least loaded costs O(instances) per request (about 5 µs at
@@ -33,6 +39,7 @@ Why two random choices for least connections
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,8 +72,8 @@ class _Group:
     """The candidates of one pool (or of everyone), and each strategy's state for them."""
 
     __slots__ = (
-        "_depth", "_draw", "_live", "_load", "_members", "_orders", "_ring", "_rotations",
-        "_rr", "_weights", "tail",
+        "_bound", "_depth", "_draw", "_live", "_load", "_members", "_orders", "_ring",
+        "_rotations", "_rr", "_weights", "tail",
     )  # fmt: skip
 
     def __init__(
@@ -78,8 +85,10 @@ class _Group:
         overflow: tuple[int, ...],
         depth: int,
         load: Load | None,
+        bounded_load: float = 0.0,
     ) -> None:
         self._members = members
+        self._bound = bounded_load
         self.tail = tuple(i for i in overflow if i not in members)
         weights = [instances[i].weight for i in members]
         self._weights = tuple(weights)
@@ -106,7 +115,26 @@ class _Group:
             if len(self._orders) >= MAX_CACHED_ROUTES:
                 self._orders.clear()  # refilled by the next requests: O(1) amortized
             self._orders[customer_id] = order
+        if self._bound:
+            return self._within_bound(order)
         return order
+
+    def _within_bound(self, order: tuple[int, ...]) -> tuple[int, ...]:
+        """Consistent hashing with bounded loads: the first instance of the customer's order
+        whose in-flight requests stay under ``bound`` x the members' mean (counting this
+        request), moved to the front. O(members): meant for pools of tens of instances."""
+        load = self._load
+        assert load is not None
+        members = self._members
+        loads = {i: load(i) for i in members}
+        # ceil: some member is always under it (the least loaded one), whatever the factor >= 1
+        capacity = math.ceil(self._bound * (sum(loads.values()) + 1) / len(members))
+        for position, index in enumerate(order):
+            if index in loads and loads[index] + 1 <= capacity:
+                if position == 0:
+                    return order
+                return (index, *order[:position], *order[position + 1 :])
+        return order  # every one of its instances is over: the usual order
 
     def by_round_robin(self, ex: Exchange) -> tuple[int, ...]:
         return self._rr.order(ex) or self.tail
@@ -143,18 +171,20 @@ class PoolBalancer:
         *,
         depth: int,
         load: Load | None = None,
+        bounded_load: float = 0.0,
     ) -> None:
         if strategy not in STRATEGY_NAMES:
             raise ValueError(f"unknown routing strategy {strategy!r}")
-        if strategy == "least_connections" and load is None:
-            raise ValueError("least_connections needs the instances' load")
+        if (strategy == "least_connections" or bounded_load) and load is None:
+            raise ValueError("least_connections and bounded loads need the instances' load")
         overflow = tuple(i for i, inst in enumerate(instances) if OVERFLOW_POOL in inst.pools)
         serve_all = tuple(i for i, inst in enumerate(instances) if not inst.pools)
 
         def group(members: tuple[int, ...]) -> _Group:
             return _Group(
-                strategy, members, instances, overflow=overflow, depth=depth, load=load
-            )
+                strategy, members, instances, overflow=overflow, depth=depth, load=load,
+                bounded_load=bounded_load,
+            )  # fmt: skip
 
         self._everyone = group(tuple(range(len(instances))))
         pools = sorted({pool for inst in instances for pool in inst.pools})

@@ -39,6 +39,9 @@ class BackendView:
     def total(self) -> int:
         return len(self._view.labels)
 
+    def check_latency_ms(self) -> float:
+        return self._view.check_latency_ms()
+
 
 class Health:
     __slots__ = ("_backends",)
@@ -71,7 +74,7 @@ class DetailedHealth(Health):
             {
                 "name": "metald_backend",
                 "status": backend_status,
-                "latency_ms": 0.0,
+                "latency_ms": self._backends.check_latency_ms(),
                 "instances_reachable": reachable,
                 "instances_total": total,
             },

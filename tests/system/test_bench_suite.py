@@ -57,7 +57,7 @@ def test_run_measures_fastgw_and_both_peers_and_skips_what_has_not_landed(
     assert results["kind"] == "run"
     skipped = results["scenarios"]["full"]
     assert skipped["status"] == "skipped"
-    assert "consistent-hash routing" in skipped["reason"]  # among what has not landed
+    assert "Prometheus metrics" in skipped["reason"]  # among what has not landed
     assert skipped["reason"].endswith("not in this build of fastgw yet")
     entry = results["scenarios"]["passthrough"]
     assert entry["status"] == "ran"

@@ -128,6 +128,12 @@ def test_demo_serves_and_stops_on_ctrl_c() -> None:
         tokens = _check_printed_tokens(lines)
         with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
             assert orjson.loads(response.read())["status"] == "healthy"
+        admin = re.search(r"curl -s (http://\S+/admin/upstreams)", "".join(lines))
+        assert admin, lines
+        with urllib.request.urlopen(admin.group(1), timeout=5) as response:
+            upstreams = orjson.loads(response.read())
+        assert [i["healthy"] for i in upstreams["instances"]] == [True] * 3
+        assert [i["pools"] for i in upstreams["instances"]] == [["pool_a"], ["pool_b"], ["pool_c"]]
         vm = f"{url}/vmprovisioner.v1.VmService"
         status, created = _post(f"{vm}/CreateVm", "dev_customer_123", b'{"config": {}}')
         assert status == 200 and str(created["vmId"]).startswith("ud-")

@@ -13,4 +13,5 @@ def test_micro_routing_reports_every_strategy(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     for strategy in STRATEGY_NAMES:
         assert strategy in out
-    assert out.count("µs per order") == len(STRATEGY_NAMES)
+    assert out.count("µs per order") == 2 * len(STRATEGY_NAMES)
+    assert out.count("health pick") == len(STRATEGY_NAMES)

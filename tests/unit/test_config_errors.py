@@ -193,6 +193,14 @@ CASES: list[tuple[str, object, list[str]]] = [
     ("metrics port clash", gw(server={"port": 9090}),
      ["$.gateway.observability.metrics.port: 9090 is $.gateway.server.port too; metrics need a "
       "port of their own"]),
+    ("metrics port 0 twice", gw(server={"port": 0}, observability={"metrics": {"port": 0}}), []),
+    ("breaker cool-downs",
+     gw(routing={"circuit_breaker": {"cooldown": "1m", "max_cooldown": "30s"}}),
+     ["$.gateway.routing.circuit_breaker.max_cooldown: 30s is shorter than "
+      "$.gateway.routing.circuit_breaker.cooldown (60s)"]),
+    ("bounded load", {"routing": {**ROUTING, "bounded_load": 0.5}},
+     ["$.routing.bounded_load: 0.5 is below 1: every instance would be over it; use 0 (off) or a "
+      "factor >= 1, such as 1.25"]),
     ("metrics path", gw(observability={"metrics": {"path": "metrics"}}),
      ["$.gateway.observability.metrics.path: expected a path starting with '/', got \"metrics\""]),
     ("log level", gw(observability={"logging": {"level": "verbose"}}),

@@ -35,6 +35,43 @@ def owners(balancer: PoolBalancer, instances: list[Instance]) -> dict[bytes, byt
     return {c: instances[balancer.order(request(c))[0]].key for c in CUSTOMERS}
 
 
+# ----------------------------------------------------------------- bounded loads (optional)
+
+
+def test_bounded_load_moves_a_customer_off_an_instance_over_c_times_the_mean() -> None:
+    instances = fleet(4)
+    loads = [0, 0, 0, 0]
+    balancer = PoolBalancer(
+        "consistent_hash", instances, depth=4, load=loads.__getitem__, bounded_load=1.25
+    )
+    plain = PoolBalancer("consistent_hash", instances, depth=4)
+    usual = plain.order(request(b"acme"))
+    assert balancer.order(request(b"acme")) == usual  # nobody loaded: the usual order
+    home = usual[0]
+    loads[home] = 10  # capacity ceil(1.25 x (10 + 1) / 4) = 4: 10 + 1 is over it
+    moved = balancer.order(request(b"acme"))
+    assert moved[0] == usual[1]  # the next instance of the customer's own order
+    assert moved[1:] == (home, *usual[2:])
+    loads[home] = 3  # ceil(1.25 x 4 / 4) = 2: still over
+    assert balancer.order(request(b"acme"))[0] == usual[1]
+    loads[home] = 1  # ceil(1.25 x 2 / 4) = 1 < 1 + 1: over; 0 in flight anywhere else fits
+    assert balancer.order(request(b"acme"))[0] == usual[1]
+    loads[home] = 0  # back under: the customer returns home
+    assert balancer.order(request(b"acme")) == usual
+
+
+def test_bounded_load_spreads_a_hot_spot_to_within_c_times_the_mean() -> None:
+    instances = fleet(5)
+    loads = [0] * 5
+    balancer = PoolBalancer(
+        "consistent_hash", instances, depth=5, load=loads.__getitem__, bounded_load=1.25
+    )
+    for n in range(2_000):  # requests that stay in flight, from 40 customers
+        loads[balancer.order(request(b"cust-%d" % (n % 40)))[0]] += 1
+    mean = sum(loads) / len(loads)
+    assert max(loads) <= 1.25 * mean + 1
+
+
 # ------------------------------------------------------------------------- consistent hash
 
 
