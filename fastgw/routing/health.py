@@ -35,12 +35,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
-from fastgw.routing.breaker import CLOSED, OPEN, BreakerSettings, CircuitBreaker
+from fastgw.exchange import DONE
+from fastgw.routing.breaker import CLOSED, HALF_OPEN, OPEN, BreakerSettings, CircuitBreaker
 from fastgw.routing.health_table import HealthTable, InstanceStats
 
 if TYPE_CHECKING:
     import asyncio
 
+    from fastgw.exchange import Exchange
     from fastgw.routing.checker import HealthChecker
 
 log = logging.getLogger("fastgw.health")
@@ -64,6 +66,7 @@ class HealthView:
         "_latency_sum_s",
         "_load",
         "_pid",
+        "_probes",
         "_slot",
         "_table",
         "all_clear",
@@ -91,6 +94,7 @@ class HealthView:
         settings = breaker if breaker is not None else BreakerSettings()
         self.breakers = [CircuitBreaker(settings) for _ in range(count)]
         self.usable = bytearray(b"\x01" * count)
+        self._probes: dict[int, list[Exchange]] = {}  # half-open probes in flight, by instance
         self.all_clear = count > 0
         self._changes_seen = -1
         self._load = load
@@ -103,13 +107,19 @@ class HealthView:
 
     # -- the forward stage's questions --------------------------------------------------------
 
-    def first_usable(self, candidates: tuple[int, ...], start: int, now_s: float) -> int:
-        """The position of the first candidate from ``start`` that may get a request now (a
-        half-open breaker's probe slot is taken for it), or -1."""
+    def first_usable(
+        self, candidates: tuple[int, ...], start: int, now_s: float, ex: Exchange | None = None
+    ) -> int:
+        """The position of the first candidate from ``start`` that may get a request now, or
+        -1. A half-open breaker's probe slot is taken for ``ex``, and given back by ``refresh``
+        if ``ex`` ends with no outcome (its client left)."""
         usable, breakers = self.usable, self.breakers
         for position in range(start, len(candidates)):
             index = candidates[position]
-            if usable[index] and breakers[index].admit(now_s):
+            breaker = breakers[index]
+            if usable[index] and breaker.admit(now_s):
+                if breaker.state == HALF_OPEN and ex is not None:
+                    self._probes.setdefault(index, []).append(ex)
                 return position
         return -1
 
@@ -128,6 +138,7 @@ class HealthView:
         self._latency_count[index] += 1
         if self.breakers[index].on_success(now_s):
             log.info("circuit of %s closed", self.labels[index])
+            self._probes.pop(index, None)
             self._recompute_clear()
 
     def on_failure(self, index: int, now_s: float) -> None:
@@ -137,6 +148,7 @@ class HealthView:
             return
         breaker = self.breakers[index]
         if breaker.on_failure(now_s):
+            self._probes.pop(index, None)
             self.usable[index] = 0
             self.all_clear = False
             log.warning(
@@ -172,6 +184,8 @@ class HealthView:
             if changes != self._changes_seen:
                 self._changes_seen = changes
                 self._adopt(table, now_us)
+        if self._probes:
+            self._free_abandoned_probes()
         for index, breaker in enumerate(self.breakers):
             if breaker.state == OPEN and now_s >= breaker.open_until_s and not self.usable[index]:
                 # The cool-down ended: let admit() turn it half-open and send its probes.
@@ -189,6 +203,22 @@ class HealthView:
                 breaker.adopt_open(until_us / 1_000_000, streak)
             held = breaker.state == OPEN and now_s < breaker.open_until_s
             self.usable[index] = 1 if up and not held else 0
+
+    def _free_abandoned_probes(self) -> None:
+        """A probe whose exchange ended with no outcome (the client left, during the try or
+        its back-off) gives its slot back, so the instance is probed again at once."""
+        for index, owners in list(self._probes.items()):
+            breaker = self.breakers[index]
+            if breaker.state != HALF_OPEN:
+                del self._probes[index]
+                continue
+            waiting = [ex for ex in owners if ex.state < DONE]
+            for _ in range(len(owners) - len(waiting)):
+                breaker.release_probe()
+            if waiting:
+                self._probes[index] = waiting
+            else:
+                del self._probes[index]
 
     def _recompute_clear(self) -> None:
         self.all_clear = all(self.usable) and all(b.state == CLOSED for b in self.breakers)

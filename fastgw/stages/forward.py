@@ -112,7 +112,7 @@ class Forward:
         if view.all_clear and candidates:
             position = 0
         else:
-            position = view.first_usable(candidates, 0, _clock())
+            position = view.first_usable(candidates, 0, _clock(), ex)
             if position < 0:
                 ex.reply = backends.refusal(candidates)
                 return RESPOND
@@ -150,7 +150,7 @@ class Forward:
         now_s = _clock()
         backends.view.on_failure(index, now_s)
         if ex.retries < backends.retry_attempts:
-            position = backends.view.first_usable(ex.candidates, ex.attempt + 1, now_s)
+            position = backends.view.first_usable(ex.candidates, ex.attempt + 1, now_s, ex)
             if position >= 0:
                 ex.retries += 1
                 backends.retries += 1
@@ -168,7 +168,7 @@ class Forward:
             return False
         if not backends.budget.withdraw(now_s):
             return False
-        position = backends.view.first_usable(ex.candidates, ex.attempt + 1, now_s)
+        position = backends.view.first_usable(ex.candidates, ex.attempt + 1, now_s, ex)
         if position < 0:
             backends.budget.refund()
             return False

@@ -343,9 +343,11 @@ def test_failures_before_an_adopted_opening_do_not_reopen_the_closed_circuit_at_
 class RefBreaker:
     """The state machine of the module docstring, written independently of the code:
     outcomes are kept as ``(bucket number, failed)`` and the window is the last two bucket
-    numbers; an opening forgets them all."""
+    numbers; an opening forgets them all. ``fresh_window_on_close`` also forgets them when a
+    probe closes the circuit (what the two tests above ask for; the code does not yet)."""
 
     settings: BreakerSettings
+    fresh_window_on_close: bool = False
     state: int = CLOSED
     open_until_s: float = 0.0
     streak: int = 0
@@ -400,6 +402,8 @@ class RefBreaker:
         if self.state != HALF_OPEN:
             return False
         self.state, self.streak, self.probes_in_flight = CLOSED, 0, 0
+        if self.fresh_window_on_close:
+            self.outcomes = []
         return True
 
     def on_failure(self, now_s: float) -> bool:
@@ -432,9 +436,14 @@ def observed(breaker: CircuitBreaker | RefBreaker) -> tuple[int, float, int, int
 
 
 STEPS = st.sampled_from([0.0, 0.0, 0.5, 1.0, 2.5, 4.0, 4.5, 5.0, 7.5, 10.0, 30.0])
+EDGE_OFFSETS = st.sampled_from([-0.5, 0.0, 0.0, 0.5])
 OPS = st.lists(
     st.one_of(
         st.tuples(st.just("advance"), STEPS),
+        # jumps to the edges the model knows of: a bucket's end (+0, +1 or +2 half windows),
+        # the cool-down's deadline, the probe timeout; -0.5 lands just before one
+        st.tuples(st.sampled_from(["bucket", "deadline", "probe_timeout"]), EDGE_OFFSETS),
+        st.tuples(st.just("bucket_after"), st.sampled_from([1.0, 2.0])),
         st.tuples(st.just("admit"), st.just(0.0)),
         st.tuples(st.just("success"), st.just(0.0)),
         st.tuples(st.just("failure"), st.just(0.0)),
@@ -442,6 +451,7 @@ OPS = st.lists(
         st.tuples(st.just("release"), st.just(0.0)),
         st.tuples(st.just("adopt"), st.sampled_from([0.5, 4.0, 12.0])),
     ),
+    min_size=10,
     max_size=120,
 )
 SETTINGS = st.builds(
@@ -467,6 +477,16 @@ def test_matches_the_reference_model(
     for op, arg in ops:
         if op == "advance":
             now += arg
+            continue
+        if op in ("bucket", "bucket_after", "deadline", "probe_timeout"):
+            half = breaker_settings.window_s / 2
+            edge = {
+                "bucket": ref.bucket_end_s + arg,
+                "bucket_after": ref.bucket_end_s + arg * half,
+                "deadline": ref.open_until_s + arg,
+                "probe_timeout": ref.last_probe_s + breaker_settings.probe_timeout_s + arg,
+            }[op]
+            now = max(now, edge)
             continue
         if op == "admit":
             was_open_before_deadline = breaker.state == OPEN and now < breaker.open_until_s
