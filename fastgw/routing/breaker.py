@@ -13,8 +13,7 @@ Opening
     half a window and a whole one of history and costs two integer bumps per outcome.
 
 Growing cool-down
-    Each opening in a row (a half-open probe that failed, or a new trip soon after closing)
-    doubles the cool-down from ``cooldown_s`` up to ``max_cooldown_s``; a success in
+    Each opening in a row (a half-open probe that failed again) doubles the cool-down from ``cooldown_s`` up to ``max_cooldown_s``; a success in
     HALF_OPEN resets the streak. This is the "growing back-off" of passive ejection: an opening
     is published to the other workers of the gateway instance (``health_table``), which adopt
     it with ``adopt_open``, so one worker's evidence ejects the instance for all of them.
@@ -123,6 +122,10 @@ class CircuitBreaker:
             self.state = CLOSED
             self.streak = 0
             self.probes_in_flight = 0
+            # A fresh window: failures counted while open (late answers to requests sent
+            # before it opened, or before another worker's opening was adopted) are history.
+            self._requests = self._failures = 0
+            self._previous_requests = self._previous_failures = 0
             return True
         return False  # a request sent before the circuit opened: no verdict on the probe
 

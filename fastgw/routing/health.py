@@ -221,7 +221,11 @@ class HealthView:
                 del self._probes[index]
 
     def _recompute_clear(self) -> None:
-        self.all_clear = all(self.usable) and all(b.state == CLOSED for b in self.breakers)
+        self.all_clear = (
+            bool(self.usable)
+            and all(self.usable)
+            and all(b.state == CLOSED for b in self.breakers)
+        )
 
     def _stats(self) -> list[InstanceStats]:
         stats = []

@@ -343,11 +343,9 @@ def test_failures_before_an_adopted_opening_do_not_reopen_the_closed_circuit_at_
 class RefBreaker:
     """The state machine of the module docstring, written independently of the code:
     outcomes are kept as ``(bucket number, failed)`` and the window is the last two bucket
-    numbers; an opening forgets them all. ``fresh_window_on_close`` also forgets them when a
-    probe closes the circuit (what the two tests above ask for; the code does not yet)."""
+    numbers; an opening forgets them all, and so does a probe that closes the circuit."""
 
     settings: BreakerSettings
-    fresh_window_on_close: bool = False
     state: int = CLOSED
     open_until_s: float = 0.0
     streak: int = 0
@@ -402,8 +400,7 @@ class RefBreaker:
         if self.state != HALF_OPEN:
             return False
         self.state, self.streak, self.probes_in_flight = CLOSED, 0, 0
-        if self.fresh_window_on_close:
-            self.outcomes = []
+        self.outcomes = []
         return True
 
     def on_failure(self, now_s: float) -> bool:

@@ -178,7 +178,9 @@ def test_record_check_keeps_latency_time_and_count() -> None:
             "last_latency_ms": 0.0,
             "last_check_ms_ago": None,
         }
+        assert table.check_latency_us(0) == 0
         table.record_check(0, True, 2_500, NOW_US, unhealthy_threshold=3, recovery_threshold=2)
+        assert table.check_latency_us(0) == 2_500
         active = table.snapshot(0, NOW_US + 40_000)["active_check"]
         assert active == {
             "up": True,

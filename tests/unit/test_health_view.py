@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from fastgw.exchange import ABORTED, Exchange
 from fastgw.routing.breaker import CLOSED, HALF_OPEN, OPEN, BreakerSettings
 from fastgw.routing.health import HealthView
 from fastgw.routing.health_table import HealthTable, create_health_fd
@@ -102,10 +103,10 @@ def test_all_clear_at_start(table: HealthTable) -> None:
     assert worker.circuit_refused(ALL) is False
 
 
-def test_an_empty_view_is_not_clear() -> None:
+def test_an_empty_view_has_nothing_usable() -> None:
     empty = HealthView(None, 0, (), BREAKER, Load())
-    assert empty.all_clear is False
     assert empty.reachable() == 0
+    assert empty.check_latency_ms() == 0.0
     assert empty.first_usable((), 0, start()) == -1
 
 
@@ -205,7 +206,46 @@ def test_a_view_without_a_table_reopens_after_its_own_cooldown() -> None:
     assert worker.circuit_refused((0,)) is True  # probes used up, no table: the breaker's
 
 
+def test_an_abandoned_probe_gives_its_slot_back_on_refresh(table: HealthTable) -> None:
+    worker = view(table, 0)
+    t0 = start()
+    trip(worker, 0, t0)
+    probe_at = t0 + BREAKER.cooldown_s
+    worker.refresh(probe_at)
+    probes = [Exchange(None, probe_at) for _ in range(3)]  # type: ignore[arg-type]
+    assert [worker.first_usable((0,), 0, probe_at, ex) for ex in probes] == [0, 0, -1]
+    assert worker.breakers[0].probes_in_flight == BREAKER.half_open_probes
+    worker.refresh(probe_at + 0.1)  # both still running: nothing is freed
+    assert worker.first_usable((0,), 0, probe_at + 0.1, probes[2]) == -1
+    probes[0].state = ABORTED  # its client left before any outcome
+    worker.refresh(probe_at + 0.2)
+    assert worker.breakers[0].probes_in_flight == 1
+    assert worker.first_usable((0,), 0, probe_at + 0.2, probes[2]) == 0  # probed again at once
+    assert worker.first_usable((0,), 0, probe_at + 0.2) == -1
+    worker.refresh(probe_at + 0.3)  # the same abandoned probe is not released twice
+    assert worker.breakers[0].probes_in_flight == BREAKER.half_open_probes
+    # a probe's verdict closes the circuit and forgets the probes
+    worker.on_success(0, probe_at + 0.4, 0.01)
+    probes[1].state = ABORTED
+    probes[2].state = ABORTED
+    worker.refresh(probe_at + 0.5)
+    assert worker.breakers[0].state == CLOSED
+    assert worker.all_clear is True
+
+
 # ------------------------------------------------------------------- active checks
+
+
+def test_check_latency_is_the_mean_of_the_last_checks(table: HealthTable) -> None:
+    worker = view(table, 0)
+    assert worker.check_latency_ms() == 0.0  # no check yet
+    for index, latency_us in enumerate((1_000, 2_500, 4_000)):
+        table.record_check(
+            index, True, latency_us, us(time.monotonic()), unhealthy_threshold=2,
+            recovery_threshold=2,
+        )  # fmt: skip
+    assert worker.check_latency_ms() == 2.5
+    assert view(None, 0).check_latency_ms() == 0.0  # no table, no checks
 
 
 def test_active_checks_down_make_it_unusable_and_not_a_circuit_refusal(
