@@ -13,8 +13,9 @@ Opening
     half a window and a whole one of history and costs two integer bumps per outcome.
 
 Growing cool-down
-    Each opening in a row (a half-open probe that failed again) doubles the cool-down from ``cooldown_s`` up to ``max_cooldown_s``; a success in
-    HALF_OPEN resets the streak. This is the "growing back-off" of passive ejection: an opening
+    Each opening in a row (a half-open probe that failed again) doubles the cool-down from
+    ``cooldown_s`` up to ``max_cooldown_s``; a success in HALF_OPEN resets the streak and
+    starts a fresh error window. This is the "growing back-off" of passive ejection: an opening
     is published to the other workers of the gateway instance (``health_table``), which adopt
     it with ``adopt_open``, so one worker's evidence ejects the instance for all of them.
 
