@@ -90,10 +90,8 @@ class CircuitBreaker:
         if state == CLOSED:
             return True
         if state == OPEN:
-            if now_s < self.open_until_s:
+            if not self.cool_down_over(now_s):
                 return False
-            self.state = HALF_OPEN
-            self.probes_in_flight = 0
         if self.probes_in_flight >= self._settings.half_open_probes:
             if now_s - self._last_probe_s < self._settings.probe_timeout_s:
                 return False
@@ -102,6 +100,14 @@ class CircuitBreaker:
         self.probes_in_flight += 1
         self._last_probe_s = now_s
         return True
+
+    def cool_down_over(self, now_s: float) -> bool:
+        """OPEN past its deadline turns HALF_OPEN (admit or the worker's refresh asks);
+        True when the breaker is HALF_OPEN now."""
+        if self.state == OPEN and now_s >= self.open_until_s:
+            self.state = HALF_OPEN
+            self.probes_in_flight = 0
+        return self.state == HALF_OPEN
 
     def release_probe(self) -> None:
         """A probe ended with no verdict on the instance (the client left first)."""

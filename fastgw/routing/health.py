@@ -187,8 +187,8 @@ class HealthView:
         if self._probes:
             self._free_abandoned_probes()
         for index, breaker in enumerate(self.breakers):
-            if breaker.state == OPEN and now_s >= breaker.open_until_s and not self.usable[index]:
-                # The cool-down ended: let admit() turn it half-open and send its probes.
+            if breaker.state == OPEN and breaker.cool_down_over(now_s):
+                # The cool-down ended: half-open, its probes may go (if the checks say up).
                 self.usable[index] = 1 if table is None or table.up(index) else 0
         self._recompute_clear()
         if table is not None:

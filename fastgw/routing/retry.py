@@ -37,14 +37,16 @@ class RetryBudget:
         "retries",
     )
 
-    def __init__(self, share: float) -> None:
+    def __init__(self, share: float, now_s: float = 0.0) -> None:
+        """``now_s``: when the first bucket begins (monotonic seconds): the requests the
+        forward stage counts before the first rotation belong to it."""
         self._share = share
         self.requests = 0  # this bucket's; the forward stage bumps it per request
         self.retries = 0
         self.refused = 0  # retries the budget refused, in all
         self._previous_requests = 0
         self._previous_retries = 0
-        self._bucket_end_s = 0.0
+        self._bucket_end_s = now_s + RETRY_BUDGET_WINDOW_S / 2
 
     def withdraw(self, now_s: float) -> bool:
         """Take one retry from the budget; False when it is spent."""

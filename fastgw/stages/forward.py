@@ -85,7 +85,7 @@ class Backends:
         self.replies = replies
         self.retry_attempts = retry_attempts
         self.backoff_base_s = backoff_base_s
-        self.budget = RetryBudget(retry_budget)
+        self.budget = RetryBudget(retry_budget, _clock())
         self.retries = 0  # tries after the first, in all (fastgw_retries_total)
 
     def refusal(self, candidates: tuple[int, ...]) -> ErrorReply:

@@ -292,7 +292,9 @@ def test_after_the_cooldown_a_down_instance_stays_unusable(table: HealthTable) -
     worker.refresh(t0 + BREAKER.cooldown_s)
     assert worker.usable[0] == 0
     assert worker.first_usable((0,), 0, t0 + BREAKER.cooldown_s) == -1
-    assert worker.breakers[0].state == OPEN  # no probe was taken
+    # the cool-down is over (half-open), but the checks hold it off: no probe was taken
+    assert worker.breakers[0].state == HALF_OPEN
+    assert worker.breakers[0].probes_in_flight == 0
     up(table, 0)
     worker.refresh(t0 + BREAKER.cooldown_s + 0.1)
     assert worker.usable[0] == 1
