@@ -89,9 +89,8 @@ class CircuitBreaker:
         state = self.state
         if state == CLOSED:
             return True
-        if state == OPEN:
-            if not self.cool_down_over(now_s):
-                return False
+        if state == OPEN and not self.cool_down_over(now_s):
+            return False
         if self.probes_in_flight >= self._settings.half_open_probes:
             if now_s - self._last_probe_s < self._settings.probe_timeout_s:
                 return False

@@ -222,9 +222,7 @@ class HealthView:
 
     def _recompute_clear(self) -> None:
         self.all_clear = (
-            bool(self.usable)
-            and all(self.usable)
-            and all(b.state == CLOSED for b in self.breakers)
+            bool(self.usable) and all(self.usable) and all(b.state == CLOSED for b in self.breakers)
         )
 
     def _stats(self) -> list[InstanceStats]:

@@ -206,11 +206,7 @@ class PoolBalancer:
                 return self._everyone.by_load(ex)
             return self._everyone.by_round_robin(ex)
         pool = customer.pool
-        group = (
-            self._everyone
-            if pool is None
-            else self._by_pool.get(pool, self._unknown_pool)
-        )
+        group = self._everyone if pool is None else self._by_pool.get(pool, self._unknown_pool)
         strategy = self._pick
         if strategy == "consistent_hash":
             return group.by_hash(customer.customer_id)
