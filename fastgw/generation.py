@@ -9,7 +9,7 @@ What it owns
 Invariants
     * A reload's generation reuses a reservation whose address did not change (the port stays
       held across the swap) and makes a new health table, into which the old one's active
-      check verdicts are copied for the instances that stay.
+      check verdicts and running breaker ejections are copied for the instances that stay.
     * ``release(keep)`` frees what this generation holds and ``keep`` does not share; every
       generation is released exactly once (retired, failed, or at exit).
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from fastgw.listen import reserve_port
@@ -33,7 +34,9 @@ def _instances(config: Config) -> list[tuple[str, int]]:
 
 def _admin_address(config: Config) -> tuple[str, int] | None:
     metrics = config.gateway.observability.metrics
-    return (config.gateway.server.host, metrics.port) if metrics.enabled else None
+    if not metrics.enabled:
+        return None
+    return (metrics.host or config.gateway.server.host, metrics.port)
 
 
 class Generation:
@@ -96,11 +99,27 @@ class Generation:
                 if listener is not self.listener:
                     listener.close()
                 raise
-        fd = create_health_fd(len(config.routing.metald_instances), size)
-        self._copy_checks(fd, config)
+        try:
+            fd = create_health_fd(len(config.routing.metald_instances), size)
+        except BaseException:
+            self._release_new(listener, admin)
+            raise
+        try:
+            self._carry_over(fd, config)
+        except BaseException:
+            os.close(fd)
+            self._release_new(listener, admin)
+            raise
         return Generation(self.number + 1, config, listener, size, admin=admin, health_fd=fd)
 
-    def _copy_checks(self, fd: int, config: Config) -> None:
+    def _release_new(self, listener: socket.socket, admin: socket.socket | None) -> None:
+        """Close the reservations a failed ``successor`` made (not the ones it reused)."""
+        if listener is not self.listener:
+            listener.close()
+        if admin is not None and admin is not self.admin:
+            admin.close()
+
+    def _carry_over(self, fd: int, config: Config) -> None:
         old_index = {address: i for i, address in enumerate(_instances(self.config))}
         mapping = [
             (old_index[address], new)
@@ -111,7 +130,7 @@ class Generation:
             return
         source, target = HealthTable(self.health_fd), HealthTable(fd)
         try:
-            target.copy_checks(source, mapping)
+            target.carry_over(source, mapping, int(time.monotonic() * 1_000_000))
         finally:
             source.close()
             target.close()

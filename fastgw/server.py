@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -26,6 +27,8 @@ from fastgw.worker_context import WorkerContext
 
 if TYPE_CHECKING:
     from fastgw.config import Config
+
+log = logging.getLogger("fastgw.server")
 
 REAP_INTERVAL_S: Final = 5.0
 
@@ -56,6 +59,7 @@ class GatewayServer:
         self._ctx: WorkerContext | None = None
         self._reaper: asyncio.TimerHandle | None = None
         self._refresher: asyncio.TimerHandle | None = None
+        self._refresh_failed = False
         self._table: HealthTable | None = None
         self._checks: ActiveChecks | None = None
         self._admin: AdminServer | None = None
@@ -102,6 +106,10 @@ class GatewayServer:
             await ctx.plan.auth.aclose()  # no background task outlives a failed start
             await ctx.plan.limits.aclose()
             await self._stop_health()
+            if self._admin_sock is not None:
+                self._admin_sock.close()  # closing twice is harmless
+            table.close()
+            self._table = None
             raise
         self._schedule_reap()
         self._refresher = loop.call_later(HEALTH_REFRESH_INTERVAL_S, self._refresh)
@@ -122,7 +130,7 @@ class GatewayServer:
             return
         sock = self._admin_sock
         if sock is None:
-            sock = bind_listener(self._config.gateway.server.host, metrics.port)
+            sock = bind_listener(metrics.host or self._config.gateway.server.host, metrics.port)
         admin = AdminServer(loop, {b"/admin/upstreams": UpstreamsReport(self._config, table)})
         await admin.start(sock)
         self._admin = admin
@@ -144,9 +152,16 @@ class GatewayServer:
     def _refresh(self) -> None:
         ctx = self._ctx
         assert ctx is not None
-        ctx.plan.health.refresh(time.monotonic())
-        ctx.plan.backends.budget.rotate(time.monotonic())
-        self._refresher = ctx.loop.call_later(HEALTH_REFRESH_INTERVAL_S, self._refresh)
+        try:
+            now_s = time.monotonic()
+            ctx.plan.health.refresh(now_s)
+            ctx.plan.backends.budget.rotate(now_s)
+        except Exception:  # a bug here must not stop the refreshes for good: log, go on
+            if not self._refresh_failed:
+                log.exception("health refresh failed (logged once; refreshes go on)")
+            self._refresh_failed = True
+        finally:
+            self._refresher = ctx.loop.call_later(HEALTH_REFRESH_INTERVAL_S, self._refresh)
 
     async def _stop_health(self) -> None:
         if self._refresher is not None:

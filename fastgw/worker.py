@@ -146,7 +146,8 @@ class Worker:
         sock: socket.socket | None = None
         try:
             sock = bind_listener(spec.host, spec.port)
-            admin = bind_listener(spec.host, spec.admin_port) if spec.admin_port else None
+            admin_host = spec.config.gateway.observability.metrics.host or spec.host
+            admin = bind_listener(admin_host, spec.admin_port) if spec.admin_port else None
             server = GatewayServer(
                 spec.config,
                 spec.workers,

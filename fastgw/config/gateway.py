@@ -372,6 +372,11 @@ class MetricsConfig:
     """``gateway.observability.metrics``: the Prometheus endpoint."""
 
     enabled: bool = setting(True, "Serve metrics.")
+    host: str | None = setting(
+        None,
+        "Address of the metrics and admin port (GET /admin/upstreams shows backend addresses: "
+        "keep it private); null: gateway.server.host.",
+    )
     port: int = setting(
         9090,
         "Metrics and admin port (must differ from the server port; 0 = any free port).",

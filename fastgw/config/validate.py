@@ -279,6 +279,9 @@ def _check_instances(found: Findings, routing: RoutingConfig) -> None:
     if 0 < bound < 1:
         found.add("$.routing.bounded_load", f"{bound:g} is below 1: every instance would be "
                   "over it; use 0 (off) or a factor >= 1, such as 1.25")
+    elif bound and routing.strategy != "consistent_hash":
+        found.add("$.routing.bounded_load", f"applies to consistent_hash only, and "
+                  f"$.routing.strategy is {routing.strategy}")
     if instances and all(i.weight == 0 for i in instances) and not found.partial(path):
         found.add(path, "every instance has weight 0, so none would get traffic")
 

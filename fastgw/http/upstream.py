@@ -183,7 +183,7 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
-            if self._deadline is not None and self.ex is not None:
+            if self._deadline is not None and self.ex is not None and self.ex.body_done:
                 self._deadline.set(DEADLINE_BACKEND, self._timeout_s)
 
     # HOT PATH: one writelines for the head and whatever body already arrived.
@@ -232,8 +232,12 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
         if ex.body_done and self.sent_chunked:
             parts.append(CHUNK_END)
         transport.writelines(parts)
-        assert self._deadline is not None
-        self._deadline.set(DEADLINE_BACKEND, timeout_s)
+        if ex.body_done:
+            # The backend's clock starts when it has the whole request: the time a client
+            # takes to send its body is the client's read timeout's business, never a failure
+            # of the backend (or a slow uploader could open its breaker).
+            assert self._deadline is not None
+            self._deadline.set(DEADLINE_BACKEND, timeout_s)
         conn.on_upstream_attached(ex)
 
     def _append_body(self, parts: list[bytes], piece: bytes) -> None:
@@ -259,6 +263,8 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
     def send_body_end(self) -> None:
         if self.sent_chunked and self.transport is not None:
             self.transport.write(CHUNK_END)
+        if self._deadline is not None and not self._reading_paused:
+            self._deadline.set(DEADLINE_BACKEND, self._timeout_s)  # the whole request is sent
 
     # -- httptools callbacks -------------------------------------------------------------
 

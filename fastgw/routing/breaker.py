@@ -33,6 +33,7 @@ CLOSED: Final = 0
 OPEN: Final = 1
 HALF_OPEN: Final = 2
 STATE_NAMES: Final = ("closed", "open", "half_open")
+NOW: Final = float("inf")  # an outcome's send time when the caller does not say: "just now"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ class CircuitBreaker:
     __slots__ = (
         "_bucket_end_s",
         "_failures",
+        "_half_open_since_s",
         "_last_probe_s",
         "_previous_failures",
         "_previous_requests",
@@ -80,6 +82,7 @@ class CircuitBreaker:
         self._previous_failures = 0
         self._bucket_end_s = 0.0
         self._last_probe_s = 0.0
+        self._half_open_since_s = 0.0
 
     # -- asked before sending ------------------------------------------------------------------
 
@@ -106,6 +109,7 @@ class CircuitBreaker:
         if self.state == OPEN and now_s >= self.open_until_s:
             self.state = HALF_OPEN
             self.probes_in_flight = 0
+            self._half_open_since_s = now_s
         return self.state == HALF_OPEN
 
     def release_probe(self) -> None:
@@ -116,15 +120,17 @@ class CircuitBreaker:
     # -- outcomes ---------------------------------------------------------------------------------
 
     # HOT PATH: two compares and two bumps when closed and the bucket is current.
-    def on_success(self, now_s: float) -> bool:
-        """Count a success; True when it closed the circuit."""
+    def on_success(self, now_s: float, sent_s: float = NOW) -> bool:
+        """Count a success of a try sent at ``sent_s``; True when it closed the circuit. Only
+        a try sent while half-open (a probe) can close it: a late answer to a request sent
+        before the circuit opened says nothing of the instance now."""
         if now_s >= self._bucket_end_s:
             self._rotate(now_s)
         self._requests += 1
         self.consecutive_failures = 0
         if self.state == CLOSED:
             return False
-        if self.state == HALF_OPEN:
+        if self.state == HALF_OPEN and sent_s >= self._half_open_since_s:
             self.state = CLOSED
             self.streak = 0
             self.probes_in_flight = 0
@@ -135,8 +141,9 @@ class CircuitBreaker:
             return True
         return False  # a request sent before the circuit opened: no verdict on the probe
 
-    def on_failure(self, now_s: float) -> bool:
-        """Count a failure; True when it opened the circuit (the caller publishes it)."""
+    def on_failure(self, now_s: float, sent_s: float = NOW) -> bool:
+        """Count a failure of a try sent at ``sent_s``; True when it opened the circuit (the
+        caller publishes it). While half-open only a probe's failure re-opens it."""
         if now_s >= self._bucket_end_s:
             self._rotate(now_s)
         self._requests += 1
@@ -144,6 +151,8 @@ class CircuitBreaker:
         self.consecutive_failures += 1
         state = self.state
         if state == HALF_OPEN:
+            if sent_s < self._half_open_since_s:
+                return False
             self._open(now_s)
             return True
         if state == OPEN:

@@ -132,22 +132,24 @@ class HealthView:
         )
 
     # HOT PATH: a few list bumps, the breaker's two compares.
-    def on_success(self, index: int, now_s: float, latency_s: float) -> None:
+    def on_success(self, index: int, now_s: float, sent_s: float) -> None:
+        """A try sent at ``sent_s`` got a response head below 500 at ``now_s``."""
         self.requests[index] += 1
-        self._latency_sum_s[index] += latency_s
+        self._latency_sum_s[index] += now_s - sent_s
         self._latency_count[index] += 1
-        if self.breakers[index].on_success(now_s):
+        if self.breakers[index].on_success(now_s, sent_s):
             log.info("circuit of %s closed", self.labels[index])
             self._probes.pop(index, None)
             self._recompute_clear()
 
-    def on_failure(self, index: int, now_s: float) -> None:
+    def on_failure(self, index: int, now_s: float, sent_s: float) -> None:
+        """A try sent at ``sent_s`` failed (see ``stages/forward.py`` for what fails)."""
         self.requests[index] += 1
         self.failures[index] += 1
         if not self._breakers_on:
             return
         breaker = self.breakers[index]
-        if breaker.on_failure(now_s):
+        if breaker.on_failure(now_s, sent_s):
             self._probes.pop(index, None)
             self.usable[index] = 0
             self.all_clear = False

@@ -23,7 +23,8 @@ Invariants
       of the machine.
     * A new table starts with every instance up: a gateway serves at once and the first round
       of checks (run at start) corrects it. On reload the master copies the checker rows of
-      instances that stay (``copy_checks``), so a reload forgets no verdict.
+      instances that stay, and the ejections still running (``carry_over``), so a reload
+      forgets no verdict.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ R_EJECTED_UNTIL_US, R_STREAK, R_BREAKER, R_INFLIGHT, R_LATENCY_US, R_REQUESTS, R
 ROW_CELLS: Final = 8
 
 CELL_BYTES: Final = 8
+STALE_AFTER_US: Final = 2_000_000
+"""A worker section not republished for this long (20 refreshes) belongs to a dead worker:
+the admin view leaves it out."""
 
 
 class InstanceStats(NamedTuple):
@@ -169,14 +173,20 @@ class HealthTable:
         """The latency of the last active check of ``index`` (0 before the first)."""
         return int(self._cells[self._check_row(index) + C_LATENCY_US])
 
-    def copy_checks(self, source: HealthTable, mapping: Sequence[tuple[int, int]]) -> None:
-        """Copy checker rows ``source[old] -> self[new]`` (a reload keeps known verdicts)."""
+    def carry_over(
+        self, source: HealthTable, mapping: Sequence[tuple[int, int]], now_us: int
+    ) -> None:
+        """Before a new generation's workers start (the master is then the only writer):
+        copy the checker rows ``source[old] -> self[new]`` and the ejections still running,
+        which land in slot 0's section (its worker overwrites them with its own later)."""
+        cells = self._cells
         for old, new in mapping:
-            start = source._check_row(old)
-            self._cells[self._check_row(new) : self._check_row(new) + CHECK_CELLS] = source._cells[
-                start : start + CHECK_CELLS
-            ]
-        self._cells[H_CHECKER_CHANGES] += 1
+            start, row = source._check_row(old), self._check_row(new)
+            cells[row : row + CHECK_CELLS] = source._cells[start : start + CHECK_CELLS]
+            until_us, streak = source.ejection(old, now_us)
+            if until_us:
+                self.publish_ejection(0, new, until_us, streak)
+        cells[H_CHECKER_CHANGES] += 1
 
     # -- a worker's side -------------------------------------------------------------------------
 
@@ -231,8 +241,9 @@ class HealthTable:
         workers: list[dict[str, object]] = []
         for slot in range(self.workers):
             head = self._worker_head(slot)
-            if cells[head + W_PID] == 0:
-                continue  # this slot has not published yet
+            published_us = int(cells[head + W_PUBLISHED_AT_US])
+            if cells[head + W_PID] == 0 or now_us - published_us > STALE_AFTER_US:
+                continue  # not published yet, or its worker is gone (respawning)
             row = self._row(slot, index)
             workers.append(
                 {

@@ -119,18 +119,34 @@ class _Group:
             return self._within_bound(order)
         return order
 
+    def full_hash_order(self, customer_id: bytes) -> tuple[int, ...] | None:
+        """The customer's whole ring order (then the overflow pool), when the cached one was
+        cut at ``depth``; None when it already holds every member. Not cached: asked only
+        when every instance of the cached order is unusable."""
+        ring = self._ring
+        members = self._members
+        if ring is None or len(members) <= self._depth:
+            return None
+        picked = ring.fallback_order(customer_id, len(members))
+        return tuple(members[i] for i in picked) + self.tail
+
     def _within_bound(self, order: tuple[int, ...]) -> tuple[int, ...]:
         """Consistent hashing with bounded loads: the first instance of the customer's order
-        whose in-flight requests stay under ``bound`` x the members' mean (counting this
-        request), moved to the front. O(members): meant for pools of tens of instances."""
+        whose in-flight requests stay under ``bound`` x its weighted share of the members'
+        load (counting this request), moved to the front. O(members): meant for pools of
+        tens of instances."""
         load = self._load
         assert load is not None
-        members = self._members
+        members, weights = self._members, self._weights
+        total_weight = sum(weights)
+        if not total_weight:
+            return order
         loads = {i: load(i) for i in members}
-        # ceil: some member is always under it (the least loaded one), whatever the factor >= 1
-        capacity = math.ceil(self._bound * (sum(loads.values()) + 1) / len(members))
+        share = self._bound * (sum(loads.values()) + 1) / total_weight
+        weight_of = dict(zip(members, weights, strict=True))
         for position, index in enumerate(order):
-            if index in loads and loads[index] + 1 <= capacity:
+            # ceil: some member is always under its bound (the least loaded by weight)
+            if index in loads and loads[index] + 1 <= math.ceil(share * weight_of[index]):
                 if position == 0:
                     return order
                 return (index, *order[:position], *order[position + 1 :])
@@ -197,6 +213,16 @@ class PoolBalancer:
         # A pool no instance lists: the instances that serve everyone, then the overflow pool.
         self._unknown_pool = group(serve_all)
         self._pick = strategy
+
+    def full_order(self, ex: Exchange) -> tuple[int, ...] | None:
+        """For the forward stage when no instance of ``order(ex)`` is usable: the customer's
+        whole consistent-hash order, or None when ``order`` already names every candidate."""
+        customer = ex.customer
+        if self._pick != "consistent_hash" or customer is None:
+            return None
+        pool = customer.pool
+        group = self._everyone if pool is None else self._by_pool.get(pool, self._unknown_pool)
+        return group.full_hash_order(customer.customer_id)
 
     # HOT PATH
     def order(self, ex: Exchange) -> tuple[int, ...]:

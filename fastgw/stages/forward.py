@@ -8,10 +8,13 @@ Choosing the instance
 
 Retries (at most ``retry_attempts`` after the first try, each on the next usable candidate)
     * A failed connect: for any method, at once (nothing was sent), outside the retry budget
-      (the next try goes to another instance, so it does not load the failing one).
+      (the next try goes to another instance, so it does not load the failing one). When no
+      instance is left: 502 ``bad_gateway``, or 504 ``upstream_timeout`` if the last connect
+      timed out (``connect_timeout``).
     * A reused keep-alive connection closed before any response byte: once more on a fresh
-      connection to the same instance, for idempotent methods without a body (the backend
-      closed an idle socket as we wrote; not a failure of the instance).
+      connection to the same instance, for requests that may be sent again (below; the kept
+      body is resent): the backend closed an idle socket as we wrote, not a failure of the
+      instance.
     * After the request's bytes reached a backend (a 502 or 503 answer, a timeout, a lost or
       unparseable response): only for idempotent methods or routes marked ``retryable``, only
       while the whole body sent is kept (``MAX_REPLAY_BODY_BYTES``) and nothing was relayed to
@@ -51,6 +54,8 @@ _clock = time.monotonic
 
 class Balancer(Protocol):
     def order(self, ex: Exchange) -> tuple[int, ...]: ...
+
+    def full_order(self, ex: Exchange) -> tuple[int, ...] | None: ...
 
 
 class Backends:
@@ -109,26 +114,45 @@ class Forward:
         candidates = backends.balancer.order(ex)
         backends.budget.requests += 1
         view = backends.view
+        ex.candidates = candidates
         if view.all_clear and candidates:
             position = 0
         else:
-            position = view.first_usable(candidates, 0, _clock(), ex)
+            position = self._next_usable(ex, 0, _clock())
             if position < 0:
-                ex.reply = backends.refusal(candidates)
+                ex.reply = backends.refusal(ex.candidates)
                 return RESPOND
-        ex.candidates = candidates
         ex.attempt = position
         ex.replay = self._retryable or ex.method in IDEMPOTENT_METHODS
         ex.move(PROXYING)
         self._dispatch(ex, fresh=False)
         return PAUSE
 
+    def _next_usable(self, ex: Exchange, start: int, now_s: float) -> int:
+        """The position in ``ex.candidates`` of the first usable instance from ``start``, or
+        -1. A consistent-hash order holds the customer's first few ring instances; when none
+        of those from ``start`` is usable the order is widened to the whole pool first (off
+        the hot path: only when that many instances are down)."""
+        view = self._backends.view
+        position = view.first_usable(ex.candidates, start, now_s, ex)
+        if position >= 0:
+            return position
+        full = self._backends.balancer.full_order(ex)
+        short = ex.candidates
+        if full is None or len(full) <= len(short):
+            return -1
+        same = 0  # the full order starts with the short one's ring part
+        while same < len(short) and short[same] == full[same]:
+            same += 1
+        ex.candidates = full
+        return view.first_usable(full, same, now_s, ex)
+
     def _dispatch(self, ex: Exchange, fresh: bool) -> None:
         index = ex.candidates[ex.attempt]
         pool = self._backends.pools[index]
         upstream = None if fresh else pool.acquire()
+        ex.sent_s = _clock()
         if upstream is not None:
-            ex.sent_s = _clock()
             upstream.start(ex, self, self._timeout_s)
             return
 
@@ -138,19 +162,18 @@ class Forward:
                     pool.release(upstream)
                 return
             if upstream is None:
-                self._connect_failed(ex, index)
+                self._connect_failed(ex, index, error)
             else:
-                ex.sent_s = _clock()
                 upstream.start(ex, self, self._timeout_s)
 
         pool.connect(connected)
 
-    def _connect_failed(self, ex: Exchange, index: int) -> None:
+    def _connect_failed(self, ex: Exchange, index: int, error: BaseException | None) -> None:
         backends = self._backends
         now_s = _clock()
-        backends.view.on_failure(index, now_s)
+        backends.view.on_failure(index, now_s, ex.sent_s)
         if ex.retries < backends.retry_attempts:
-            position = backends.view.first_usable(ex.candidates, ex.attempt + 1, now_s, ex)
+            position = self._next_usable(ex, ex.attempt + 1, now_s)
             if position >= 0:
                 ex.retries += 1
                 backends.retries += 1
@@ -158,7 +181,10 @@ class Forward:
                 ex.move(PROXYING)
                 self._dispatch(ex, fresh=False)
                 return
-        ex.conn.on_upstream_failed(ex, backends.replies.bad_gateway)
+        replies = backends.replies
+        timed_out = isinstance(error, TimeoutError)  # connect_timeout passed: a 504
+        reply = replies.upstream_timeout if timed_out else replies.bad_gateway
+        ex.conn.on_upstream_failed(ex, reply)
 
     def _plan_retry(self, ex: Exchange, now_s: float) -> bool:
         """After the request reached a backend: choose the next try if the rules allow one
@@ -168,7 +194,7 @@ class Forward:
             return False
         if not backends.budget.withdraw(now_s):
             return False
-        position = backends.view.first_usable(ex.candidates, ex.attempt + 1, now_s, ex)
+        position = self._next_usable(ex, ex.attempt + 1, now_s)
         if position < 0:
             backends.budget.refund()
             return False
@@ -177,20 +203,32 @@ class Forward:
         ex.attempt = position
         return True
 
-    def _resend_later(self, ex: Exchange) -> None:
-        """Send ``ex`` again after the back-off, with the body pieces already sent first."""
+    @staticmethod
+    def _restore_body(ex: Exchange) -> None:
+        """Put the body pieces already sent back in front of those still pending."""
         sent = ex.body_sent
         if sent:
             ex.body_pending = sent + ex.body_pending
             ex.body_pending_bytes += ex.body_sent_bytes
         ex.body_sent = None
         ex.body_sent_bytes = 0
+
+    def _resend_later(self, ex: Exchange) -> None:
+        """Send ``ex`` again after the back-off, with the body pieces already sent first."""
+        self._restore_body(ex)
         delay_s = backoff_s(self._backends.backoff_base_s, ex.retries)
         asyncio.get_running_loop().call_later(delay_s, self._resend, ex)
 
     def _resend(self, ex: Exchange) -> None:
         if ex.state == ABORTED:
             return  # the client left during the back-off
+        if not self._backends.view.usable[ex.candidates[ex.attempt]]:
+            # Held off during the back-off (checks, another worker's ejection): the next one.
+            position = self._next_usable(ex, ex.attempt + 1, _clock())
+            if position < 0:
+                ex.conn.on_upstream_failed(ex, self._backends.replies.bad_gateway)
+                return
+            ex.attempt = position
         ex.move(PROXYING)
         self._dispatch(ex, fresh=False)
 
@@ -205,9 +243,9 @@ class Forward:
         index = ex.candidates[ex.attempt]
         view = self._backends.view
         if status < 500:
-            view.on_success(index, now_s, now_s - ex.sent_s)
+            view.on_success(index, now_s, ex.sent_s)
             return True
-        view.on_failure(index, now_s)
+        view.on_failure(index, now_s, ex.sent_s)
         return not (status in RETRY_STATUSES and self._plan_retry(ex, now_s))
 
     def retry_dropped(self, ex: Exchange) -> None:
@@ -221,14 +259,10 @@ class Forward:
         """The connection closed before the response ended."""
         if ex.state == ABORTED:
             return
-        if (
-            upstream.reused
-            and upstream.response_bytes == 0
-            and not ex.response_started
-            and ex.method in IDEMPOTENT_METHODS
-            and not ex.body_bytes  # a body already streamed cannot be replayed
-        ):
-            # A stale keep-alive socket: the backend closed it as we wrote. Once, fresh.
+        if upstream.reused and upstream.response_bytes == 0 and ex.replay:
+            # A stale keep-alive socket: the backend closed it as we wrote, not a failure of
+            # the instance. Once more on a fresh connection to it (the body kept is resent).
+            self._restore_body(ex)
             self._dispatch(ex, fresh=True)
             return
         self._failed(ex, self._backends.replies.bad_gateway)
@@ -244,7 +278,7 @@ class Forward:
 
     def _failed(self, ex: Exchange, reply: ErrorReply) -> None:
         now_s = _clock()
-        self._backends.view.on_failure(ex.candidates[ex.attempt], now_s)
+        self._backends.view.on_failure(ex.candidates[ex.attempt], now_s, ex.sent_s)
         if self._plan_retry(ex, now_s):
             self._resend_later(ex)
         else:

@@ -688,3 +688,90 @@ async def test_no_healthy_upstream_versus_circuit_open() -> None:
             assert counts(gw) == [1, 1]
         finally:
             await client.close()
+
+
+# -- what is not a failure of the backend, and the last connect timing out --------------------
+
+
+@uvloop_test
+async def test_a_slow_upload_is_not_charged_to_the_backend() -> None:
+    # The route's backend timeout is 150 ms; the client takes 3 x 100 ms to send its body. The
+    # backend's clock starts when it has the whole request, so this is a success, not a 504.
+    breaker = {"failure_threshold": 1, "cooldown": "10s"}
+    async with running(backends=1, extra=config(breaker=breaker)) as gw:
+        client = await RawClient.connect(gw.port)
+        try:
+            await client.send(
+                b"PUT /echo/slow/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n\r\n"
+            )
+            for piece in (b"a", b"b", b"c"):
+                await asyncio.sleep(0.1)  # the client's pace is the point of this test
+                await client.send(piece)
+            response = await client.read_one()
+            assert_echoed(response, b"m0", "PUT", b"abc")
+        finally:
+            await client.close()
+        health = gw.gateway.context.plan.health
+        assert health.failures == [0] and health.breakers[0].state == CLOSED
+
+
+@uvloop_test
+async def test_the_last_connect_timing_out_is_a_504() -> None:
+    import select
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # a full accept queue: further connects get no answer at all
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        _, writable, _ = select.select([], fillers[:1], [], 5.0)  # the queue is full then
+        assert writable
+        extra = {
+            "gateway": {"routing": {"retry_attempts": 0, "connect_timeout": "200ms"}},
+            "routing": {"health_check_interval": "60s"},
+        }
+        async with running(backends=0, dead_ports=[port], extra=extra) as gw:
+            started = time.monotonic()
+            response = await request(gw.port, get("/echo/x"))
+            assert_error(response, 504, "upstream_timeout")
+            assert 0.15 < time.monotonic() - started < 2.0
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+@uvloop_test
+async def test_failover_goes_past_the_cut_consistent_hash_order_to_the_whole_pool() -> None:
+    from fastgw._speedups import HashRing
+    from fastgw.limits import MIN_FAILOVER_DEPTH
+
+    dead = [free_port() for _ in range(MIN_FAILOVER_DEPTH + 3)]
+    extra = config(
+        checks={
+            "strategy": "consistent_hash",
+            "health_check_interval": "100ms",
+            "unhealthy_threshold": 1,
+        }
+    )
+    async with running(backends=1, dead_ports=dead, extra=extra) as gw:
+        # the instances in config order: the live mock first, then the dead ports
+        keys = [b"127.0.0.1:%d" % gw.backends[0].port] + [b"127.0.0.1:%d" % p for p in dead]
+        ring = HashRing(keys, [100] * len(keys))
+        customer = next(
+            b"c%d" % n
+            for n in range(10_000)
+            if 0 not in ring.fallback_order(b"c%d" % n, MIN_FAILOVER_DEPTH)
+        )  # a customer whose first ring instances are all dead ones
+        health = gw.gateway.context.plan.health
+        await eventually(lambda: health.reachable() == 1)  # every dead port is marked down
+        token = {"Authorization": f"Bearer dev_customer_{customer.decode()}"}
+        response = await request(gw.port, get("/echo/private/x", headers=token))
+        assert response.status == 200 and instance_of(response) == b"m0"

@@ -203,6 +203,17 @@ def test_a_probe_success_closes_and_resets_the_streak() -> None:
     assert (breaker.streak, breaker.open_until_s) == (1, 104.0)
 
 
+def test_late_outcomes_of_tries_sent_before_half_open_decide_nothing() -> None:
+    breaker = open_at(SMALL, 0.0)  # open until 4.0
+    assert breaker.admit(4.0) and breaker.state == HALF_OPEN  # the probe, sent at 4.0
+    # answers to requests sent before the circuit opened arrive now: no verdict
+    assert breaker.on_failure(4.2, sent_s=-1.0) is False
+    assert breaker.on_success(4.3, sent_s=3.9) is False
+    assert breaker.state == HALF_OPEN and breaker.probes_in_flight == 1
+    assert breaker.on_success(4.5, sent_s=4.0) is True  # the probe's own answer closes it
+    assert breaker.state == CLOSED
+
+
 def test_a_probe_failure_reopens_with_a_doubled_cooldown_up_to_the_max() -> None:
     breaker = open_at(SMALL, 0.0)
     now = 0.0

@@ -201,6 +201,10 @@ CASES: list[tuple[str, object, list[str]]] = [
     ("bounded load", {"routing": {**ROUTING, "bounded_load": 0.5}},
      ["$.routing.bounded_load: 0.5 is below 1: every instance would be over it; use 0 (off) or a "
       "factor >= 1, such as 1.25"]),
+    ("bounded load strategy", {"routing": {**ROUTING, "strategy": "round_robin",
+                                           "bounded_load": 1.5}},
+     ["$.routing.bounded_load: applies to consistent_hash only, and $.routing.strategy is "
+      "round_robin"]),
     ("metrics path", gw(observability={"metrics": {"path": "metrics"}}),
      ["$.gateway.observability.metrics.path: expected a path starting with '/', got \"metrics\""]),
     ("log level", gw(observability={"logging": {"level": "verbose"}}),

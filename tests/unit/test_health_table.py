@@ -1,7 +1,7 @@
 """``fastgw.routing.health_table``: the shared-memory health table of one generation.
 
 Layout and validation, the checker's thresholds, the change count (moves on flips and
-ejections, not on stats), the ejection read over every worker slot, ``copy_checks`` and the
+ejections, not on stats), the ejection read over every worker slot, ``carry_over`` and the
 admin snapshot. The cross-process test forks a real child that maps the same memfd, writes
 its slot and exits; the parent reads what it wrote after ``waitpid`` (no sleeps).
 """
@@ -21,6 +21,7 @@ from fastgw.routing.health_table import (
     H_MAGIC,
     H_VERSION,
     MAGIC,
+    STALE_AFTER_US,
     VERSION,
     HealthTable,
     InstanceStats,
@@ -245,16 +246,16 @@ def test_a_slot_republishing_replaces_its_own_ejection() -> None:
         assert table.ejection(0, NOW_US) == (NOW_US + 2_000_000, 2)
 
 
-# ---------------------------------------------------------------------- copy_checks
+# ---------------------------------------------------------------------- carry_over
 
 
-def test_copy_checks_maps_old_rows_to_new_ones() -> None:
+def test_carry_over_maps_old_rows_to_new_ones() -> None:
     with table_of(3, 1) as (old, _old_fd), table_of(2, 2) as (new, _new_fd):
         for _ in range(3):
             check(old, 0, passed=False, now_us=NOW_US + 1)  # old 0: down
         check(old, 2, passed=False, now_us=NOW_US + 2)  # old 2: up, one failure
         seen = new.changes()
-        new.copy_checks(old, [(2, 0), (0, 1)])
+        new.carry_over(old, [(2, 0), (0, 1)], NOW_US)
         assert new.changes() == seen + 1  # the workers re-read the verdicts
         assert [new.up(0), new.up(1)] == [True, False]
         assert (
@@ -268,14 +269,30 @@ def test_copy_checks_maps_old_rows_to_new_ones() -> None:
         assert old.up(0) is False  # the source is left as it was
 
 
-def test_copy_checks_with_no_rows_keeps_the_defaults() -> None:
+def test_carry_over_with_no_rows_keeps_the_defaults() -> None:
     with table_of(1, 1) as (old, _old_fd), table_of(2, 1) as (new, _new_fd):
         check(old, 0, passed=False, unhealthy=1)
-        new.copy_checks(old, [])
+        new.carry_over(old, [], NOW_US)
         assert [new.up(0), new.up(1)] == [True, True]
 
 
+def test_carry_over_keeps_running_ejections_and_drops_expired_ones() -> None:
+    with table_of(3, 2) as (old, _old_fd), table_of(2, 1) as (new, _new_fd):
+        old.publish_ejection(1, 0, NOW_US + 5_000_000, 3)  # running
+        old.publish_ejection(0, 2, NOW_US - 1, 1)  # over
+        new.carry_over(old, [(0, 1), (2, 0)], NOW_US)
+        assert new.ejection(1, NOW_US) == (NOW_US + 5_000_000, 3)
+        assert new.ejection(0, NOW_US) == (0, 0)
+
+
 # -------------------------------------------------------------------------- snapshot
+
+
+def test_snapshot_leaves_out_a_worker_that_stopped_publishing() -> None:
+    with table_of(1, 2) as (table, _fd):
+        table.publish_stats(0, 100, NOW_US, [stats(0, 1, 1_000, 10, 0)])
+        table.publish_stats(1, 101, NOW_US - STALE_AFTER_US - 1, [stats(OPEN, 7, 1_000, 5, 5)])
+        assert [w["pid"] for w in table.snapshot(0, NOW_US)["workers"]] == [100]
 
 
 def test_snapshot_lists_published_slots_with_their_numbers() -> None:

@@ -69,7 +69,7 @@ def start() -> float:
 
 def trip(health: HealthView, index: int, now_s: float) -> None:
     for _ in range(BREAKER.failure_threshold):
-        health.on_failure(index, now_s)
+        health.on_failure(index, now_s, now_s)
 
 
 def down(table: HealthTable, index: int) -> None:
@@ -117,11 +117,11 @@ def test_failures_open_the_breaker_and_publish_an_ejection(table: HealthTable) -
     worker = view(table, 0)
     t0 = start()
     changes = table.changes()
-    worker.on_failure(1, t0)
-    worker.on_failure(1, t0)
+    worker.on_failure(1, t0, t0)
+    worker.on_failure(1, t0, t0)
     assert worker.usable[1] == 1
     assert worker.all_clear is True  # two failures: still closed
-    worker.on_failure(1, t0)
+    worker.on_failure(1, t0, t0)
     assert worker.breakers[1].state == OPEN
     assert worker.usable[1] == 0
     assert worker.all_clear is False
@@ -165,7 +165,7 @@ def test_another_worker_adopts_the_ejection_and_probes_after_the_cooldown(
     assert second.circuit_refused((0,)) is True
     assert second.all_clear is False
     # a probe's success closes it and the view is clear again
-    second.on_success(0, probe_at + 0.05, 0.01)
+    second.on_success(0, probe_at + 0.05, probe_at + 0.05 - 0.01)
     assert second.breakers[0].state == CLOSED
     assert second.breakers[0].streak == 0
     assert second.all_clear is True
@@ -181,7 +181,9 @@ def test_a_failed_probe_reejects_everyone_for_longer(table: HealthTable) -> None
     probe_at = t0 + BREAKER.cooldown_s
     second.refresh(probe_at)
     assert second.first_usable((2,), 0, probe_at) == 0
-    second.on_failure(2, probe_at + 0.5)  # the probe failed: the second opening in a row
+    second.on_failure(
+        2, probe_at + 0.5, probe_at + 0.5
+    )  # the probe failed: the second opening in a row
     assert second.breakers[2].streak == 2
     until = probe_at + 0.5 + BREAKER.cooldown_for(2)
     assert second.breakers[2].open_until_s == until
@@ -225,7 +227,7 @@ def test_an_abandoned_probe_gives_its_slot_back_on_refresh(table: HealthTable) -
     worker.refresh(probe_at + 0.3)  # the same abandoned probe is not released twice
     assert worker.breakers[0].probes_in_flight == BREAKER.half_open_probes
     # a probe's verdict closes the circuit and forgets the probes
-    worker.on_success(0, probe_at + 0.4, 0.01)
+    worker.on_success(0, probe_at + 0.4, probe_at + 0.4 - 0.01)
     probes[1].state = ABORTED
     probes[2].state = ABORTED
     worker.refresh(probe_at + 0.5)
@@ -311,7 +313,7 @@ def test_with_breakers_disabled_failures_never_open(table: HealthTable) -> None:
     t0 = start()
     changes = table.changes()
     for n in range(100):
-        worker.on_failure(0, t0 + n * 0.01)
+        worker.on_failure(0, t0 + n * 0.01, t0 + n * 0.01)
     assert worker.breakers[0].state == CLOSED
     assert worker.usable[0] == 1
     assert worker.all_clear is True
@@ -340,10 +342,10 @@ def test_refresh_publishes_this_workers_numbers(table: HealthTable) -> None:
     worker = HealthView(table, 1, LABELS, BREAKER, load)
     t0 = start()
     load.inflight[2] = 7
-    worker.on_success(2, t0, 0.010)
-    worker.on_success(2, t0, 0.030)
-    worker.on_failure(2, t0)
-    worker.on_success(0, t0, 0.004)
+    worker.on_success(2, t0, t0 - 0.010)
+    worker.on_success(2, t0, t0 - 0.030)
+    worker.on_failure(2, t0, t0)
+    worker.on_success(0, t0, t0 - 0.004)
     worker.refresh(t0)
     snap = table.snapshot(2, us(t0) + 5_000)
     assert snap["workers"] == [
@@ -360,7 +362,7 @@ def test_refresh_publishes_this_workers_numbers(table: HealthTable) -> None:
     ]
     assert table.snapshot(0, us(t0))["workers"][0]["requests"] == 1  # type: ignore[index]
     # the next tick moves the EWMA a LATENCY_EWMA_WEIGHT step toward the new mean
-    worker.on_success(2, t0 + 0.1, 0.050)
+    worker.on_success(2, t0 + 0.1, t0 + 0.1 - 0.050)
     worker.refresh(t0 + 0.1)
     [numbers] = table.snapshot(2, us(t0 + 0.1))["workers"]  # type: ignore[misc]
     assert numbers["latency_ewma_ms"] == pytest.approx(29.0, abs=0.002)

@@ -72,6 +72,40 @@ def test_bounded_load_spreads_a_hot_spot_to_within_c_times_the_mean() -> None:
     assert max(loads) <= 1.25 * mean + 1
 
 
+def test_bounded_load_honours_weights() -> None:
+    instances = [Instance(b"10.0.0.1:9000", 300, ()), Instance(b"10.0.0.2:9000", 100, ())]
+    loads = [0, 0]
+    balancer = PoolBalancer(
+        "consistent_hash", instances, depth=2, load=loads.__getitem__, bounded_load=1.0
+    )
+    for n in range(400):  # requests that stay in flight, from 50 customers
+        loads[balancer.order(request(b"cust-%d" % (n % 50)))[0]] += 1
+    assert loads[0] == pytest.approx(300, abs=2) and loads[1] == pytest.approx(100, abs=2)
+
+
+def test_bounded_load_with_an_empty_candidate_group_keeps_the_order() -> None:
+    # every instance lists a pool and the customer's pool is none of them: only the overflow
+    instances = [
+        Instance(b"10.0.0.1:9000", 100, ("a",)),
+        Instance(b"10.0.0.2:9000", 100, ("overflow",)),
+    ]
+    balancer = PoolBalancer(
+        "consistent_hash", instances, depth=2, load=lambda i: 0, bounded_load=1.25
+    )
+    assert balancer.order(request(b"acme", pool=b"elsewhere")) == (1,)
+
+
+def test_full_order_widens_a_cut_consistent_hash_order_to_the_whole_pool() -> None:
+    instances = fleet(12)
+    balancer = PoolBalancer("consistent_hash", instances, depth=8)
+    ex = request(b"acme")
+    short, full = balancer.order(ex), balancer.full_order(ex)
+    assert len(short) == 8 and full is not None and sorted(full) == list(range(12))
+    assert full[:8] == short  # the cut order is the whole order's beginning
+    assert PoolBalancer("consistent_hash", instances, depth=12).full_order(ex) is None
+    assert PoolBalancer("round_robin", instances, depth=8).full_order(ex) is None
+
+
 # ------------------------------------------------------------------------- consistent hash
 
 
