@@ -170,6 +170,9 @@ class GatewayServer:
         if self._checks is not None:
             await self._checks.aclose()
             self._checks = None
+        await self._stop_admin()
+
+    async def _stop_admin(self) -> None:
         if self._admin is not None:
             await self._admin.aclose()
             self._admin = None
@@ -193,6 +196,7 @@ class GatewayServer:
         ctx = self.context
         if self._server is not None:
             self._server.close()  # with tcp_migrate_req=1 its accept queue moves to a sibling
+        await self._stop_admin()  # the generation that replaces us answers the admin port
         await asyncio.sleep(0)  # connections accepted before the close: connection_made admits
         ctx.draining = True
         for conn in list(ctx.connections):

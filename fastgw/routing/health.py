@@ -119,7 +119,10 @@ class HealthView:
             breaker = breakers[index]
             if usable[index] and breaker.admit(now_s):
                 if breaker.state == HALF_OPEN and ex is not None:
-                    self._probes.setdefault(index, []).append(ex)
+                    if breaker.probes_in_flight == 1:  # the first probe, or slots just reset
+                        self._probes[index] = [ex]
+                    else:
+                        self._probes.setdefault(index, []).append(ex)
                 return position
         return -1
 
@@ -242,7 +245,7 @@ class HealthView:
                 InstanceStats(
                     breaker.state,
                     self._load(index),
-                    int(self._latency_ewma_s[index] * 1_000_000),
+                    round(self._latency_ewma_s[index] * 1_000_000),
                     self.requests[index],
                     self.failures[index],
                 )
