@@ -320,8 +320,10 @@ class CircuitBreakerConfig:
     )
     min_requests: int = setting(20, "Requests seen before error_rate applies.", range=(1, None))
     cooldown_s: float = seconds(
-        10.0, "Time open before half-open probes; doubles with each opening in a row.",
-        "cooldown", positive=True,
+        10.0,
+        "Time open before half-open probes; doubles with each opening in a row.",
+        "cooldown",
+        positive=True,
     )
     max_cooldown_s: float = seconds(
         300.0, "Longest cool-down the doubling reaches.", "max_cooldown", positive=True
@@ -347,17 +349,26 @@ class GatewayRoutingConfig:
         positive=True,
     )
     backend_timeout_s: float = seconds(
-        30.0, "Deadline for a backend's response head.", "backend_timeout", positive=True
+        30.0,
+        "Per try: from the whole request sent to the response head, and between body reads.",
+        "backend_timeout",
+        positive=True,
     )
     connect_timeout_s: float = seconds(
-        2.0, "Deadline to connect to a backend.", "connect_timeout", positive=True
+        2.0,
+        "Deadline to connect to a backend (the last try timing out: 504).",
+        "connect_timeout",
+        positive=True,
     )
     retry_attempts: int = setting(3, "Retries on another instance after a failure.", range=(0, 10))
     retry_backoff_s: float = seconds(
         0.1, "Base of the exponential retry back-off.", "retry_backoff"
     )
     retry_budget: float = setting(
-        0.2, "Retries may be at most this share of requests.", range=(0, 1)
+        0.2,
+        "Retries after a request reached a backend: at most this share of requests (+10 per "
+        "10 s window), per worker.",
+        range=(0, 1),
     )
     circuit_breaker: CircuitBreakerConfig = field(
         default_factory=CircuitBreakerConfig, metadata=meta("Circuit breaker.")
