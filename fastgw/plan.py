@@ -49,6 +49,7 @@ class Settings:
     max_url_bytes: int
     max_body_bytes: int
     max_connections: int  # this worker's share of the instance's limit
+    max_requests_per_connection: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ class Plan:
             max_url_bytes=server.limits.max_url_length,
             max_body_bytes=server.limits.max_body_size_bytes,
             max_connections=max(1, server.limits.max_connections // max(1, workers)),
+            max_requests_per_connection=server.limits.max_requests_per_connection,
         )
         self.common_headers = b"".join(
             b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))

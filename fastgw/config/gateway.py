@@ -90,6 +90,12 @@ class LimitsConfig:
     max_url_length: int = setting(
         8192, "Longest request target in bytes; longer is 414.", range=(64, 1024**2)
     )
+    max_requests_per_connection: int = setting(
+        10000,
+        "Requests served on one client connection; the last is answered with Connection: "
+        "close (spreads long-lived clients over workers and instances).",
+        range=(1, None),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

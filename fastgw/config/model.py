@@ -187,6 +187,13 @@ class TierConfig:
     requests_per_day: int | None = setting(
         None, "Quota per customer per UTC day; null: unlimited.", range=(1, MAX_DAILY_QUOTA)
     )
+    shed_above: float = setting(
+        1.0,
+        "Load shedding rank: this tier's new requests get 503 overloaded once this share of "
+        "rate_limits.global.max_concurrent is in use (lower: shed earlier).",
+        range=(0, 1),
+        positive=True,
+    )
 
     @property
     def effective_burst_size(self) -> int:
@@ -210,8 +217,12 @@ class EndpointLimitConfig:
 
 
 DEFAULT_TIERS: Final[Mapping[str, TierConfig]] = MappingProxyType({
-    "free": TierConfig(requests_per_second=10.0, burst_size=20, requests_per_day=1000),
-    "pro": TierConfig(requests_per_second=100.0, burst_size=200, requests_per_day=100_000),
+    "free": TierConfig(
+        requests_per_second=10.0, burst_size=20, requests_per_day=1000, shed_above=0.8
+    ),
+    "pro": TierConfig(
+        requests_per_second=100.0, burst_size=200, requests_per_day=100_000, shed_above=0.9
+    ),
     "enterprise": TierConfig(
         requests_per_second=1000.0, burst_size=2000, requests_per_day=1_000_000
     ),

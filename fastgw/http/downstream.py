@@ -95,6 +95,11 @@ FORBIDDEN_TRAILERS: Final = frozenset(
 )
 
 
+class _AfterFinalRequest(Exception):
+    """Raised when a message begins after the connection's final request (its request quota
+    was reached) in the same read: parsing stops there, nothing more is read."""
+
+
 class RejectRequest(Exception):
     """Raised inside a parser callback to stop parsing; carries the reply to send."""
 
@@ -117,6 +122,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         "_pumping",
         "_queue",
         "_read_paused",
+        "_served",
         "_stopped",
         "_trailer_bytes",
         "_trailer_count",
@@ -142,6 +148,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         self._read_paused = 0
         self._write_paused = False
         self._stopped = False
+        self._served = 0  # requests parsed on this connection
         self._pumping = False
         self._out: list[bytes] = []  # response bytes held until the backend read ends
         self._deadline = Deadline(ctx.loop, self._on_deadline)  # what reading waits for
@@ -196,7 +203,9 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
             self._parser.feed_data(memoryview(self._ctx.read_buffer)[:nbytes])
         except httptools.HttpParserCallbackError as error:
             cause = error.__context__
-            if isinstance(cause, RejectRequest):
+            if isinstance(cause, _AfterFinalRequest):
+                pass  # pipelined bytes after the final request: dropped, as a close would
+            elif isinstance(cause, RejectRequest):
                 self._reject(cause.reply)
             elif isinstance(cause, HeaderError):
                 self._reject(self._ctx.plan.bad_request(cause.reason))
@@ -272,6 +281,8 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
     # -- httptools callbacks (recording only: chains run after feed_data) -----------------
 
     def on_message_begin(self) -> None:
+        if self._stopped:
+            raise _AfterFinalRequest
         ctx = self._ctx
         self._parsing = Exchange(self, ctx.loop.time())
         self._fields = []
@@ -355,6 +366,9 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         ex.query = b"" if query_at < 0 else url[query_at + 1 :]
         ex.head = head
         ex.keep_alive = parser.should_keep_alive() and not head.close
+        self._served += 1
+        if self._served >= settings.max_requests_per_connection:
+            ex.keep_alive = False  # answered with Connection: close; nothing after it is read
         ex.request_id = self._ctx.ids.accept_or_new(head.request_id)
         ex.body_done = head.content_length <= 0 and not head.chunked
         if ex.body_done:

@@ -129,12 +129,18 @@ class RateLimiter:
         return self._inflight
 
     # HOT PATH
-    def admit(self, ex: Exchange) -> bool:
+    def admit(self, ex: Exchange, limits: CustomerLimits | None) -> bool:
         """Take one of this worker's concurrency slots for ``ex``; False (and the 503 set) when
-        none is free."""
-        if self._max_inflight < 0:
+        none is free for its tier: a tier with ``shed_above`` < 1 is refused once that share
+        of the slots is in use, so lower tiers are shed first and the last slots stay for the
+        higher ones (anonymous traffic ranks with the lowest tier)."""
+        cap = self._max_inflight
+        if cap < 0:
             return True
-        if self._inflight >= self._max_inflight:
+        share = self.policy.anonymous_shed_above if limits is None else limits.shed_above
+        if share < 1.0:
+            cap = max(1, int(cap * share))
+        if self._inflight >= cap:
             self.counts.concurrency_refused += 1
             ex.reply = self._replies.overloaded
             return False

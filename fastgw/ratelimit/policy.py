@@ -64,6 +64,8 @@ class CustomerLimits:
     burst: int
     daily_quota: int  # NO_QUOTA: none
     unlimited: bool = False
+    #: share of the concurrency cap in use above which this customer's requests are shed
+    shed_above: float = 1.0
     #: mask of the levels this customer's decisions cover (the route adds its own)
     levels: int = field(init=False)
 
@@ -108,9 +110,10 @@ def endpoint_bucket_id(name: str) -> int:
 
 
 class _Tier:
-    __slots__ = ("burst", "daily_quota", "rate_per_s")
+    __slots__ = ("burst", "daily_quota", "rate_per_s", "shed_above")
 
     def __init__(self, tier: TierConfig) -> None:
+        self.shed_above = tier.shed_above
         self.rate_per_s = float(tier.requests_per_second)
         self.burst = tier.effective_burst_size
         quota = tier.requests_per_day
@@ -120,13 +123,18 @@ class _Tier:
 class LimitPolicy:
     """``rate_limits`` as numbers; built once per plan."""
 
-    __slots__ = ("_default", "_routes", "_tiers", "global_limits", "max_concurrent", "shadow")
+    __slots__ = (
+        "_default", "_routes", "_tiers", "anonymous_shed_above", "global_limits",
+        "max_concurrent", "shadow",
+    )  # fmt: skip
 
     def __init__(self, config: RateLimitsConfig) -> None:
         self._tiers = {
             name.encode("ascii"): _Tier(tier) for name, tier in config.customer_tiers.items()
         }
         self._default = self._tiers[config.default_tier.encode("ascii")]
+        # Routes without authentication have no tier: their traffic is shed first.
+        self.anonymous_shed_above = min(t.shed_above for t in self._tiers.values())
         self._routes: dict[str, RouteLimits] = {}
         for name, endpoint in config.endpoints.items():
             rate = endpoint.requests_per_second
@@ -180,4 +188,6 @@ class LimitPolicy:
             rate = float(overrides.get("requests_per_second", rate))
             burst = int(overrides.get("burst_size", burst))
             quota = int(overrides.get("requests_per_day", quota))
-        return CustomerLimits(customer.customer_id, fingerprint, rate, burst, quota)
+        return CustomerLimits(
+            customer.customer_id, fingerprint, rate, burst, quota, shed_above=tier.shed_above
+        )

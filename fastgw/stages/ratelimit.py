@@ -39,6 +39,6 @@ class RateLimit:
             limits = self._policy.customer_limits(customer)
             if limits.unlimited:
                 return CONTINUE  # development tokens: no limit, the concurrency cap included
-        if not self._limiter.admit(ex):
+        if not self._limiter.admit(ex, limits):
             return RESPOND
         return self._check(ex, limits, self._route)

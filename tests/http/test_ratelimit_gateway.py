@@ -762,7 +762,9 @@ class HeldBackend:
 @asynccontextmanager
 async def held_gateway(max_concurrent: int) -> AsyncIterator[tuple[Running, HeldBackend]]:
     async with HeldBackend() as backend:
-        extra = config({"global": {"max_concurrent": max_concurrent}})
+        # one tier with every slot (shed_above 1.0): anonymous traffic ranks with it
+        tiers = {"free": {"requests_per_second": 10}}
+        extra = config({"global": {"max_concurrent": max_concurrent}, "customer_tiers": tiers})
         async with running(backends=0, extra=extra, dead_ports=[backend.port]) as gw:
             yield gw, backend
 
@@ -890,3 +892,50 @@ async def test_development_tokens_skip_the_concurrency_cap() -> None:
             finally:
                 await held.close()
                 await dev.close()
+
+
+@uvloop_test
+async def test_shedding_under_overload_keeps_admitted_enterprise_traffic_fast() -> None:
+    # 10 slots; free traffic is shed at half of them, so enterprise always finds a slot.
+    tiers = {
+        "free": {"requests_per_second": 1e6, "burst_size": 10**6, "shed_above": 0.5},
+        "enterprise": {"requests_per_second": 1e6, "burst_size": 10**6},
+    }
+    extra = config({"global": {"max_concurrent": 10}, "customer_tiers": tiers})
+    async with running(backends=1, extra=extra) as gw:
+        gw.backends[0].behaviour.delay_ms = 50
+        free_codes: list[int] = []
+        stop = asyncio.Event()
+
+        async def flood(n: int) -> None:
+            client = await RawClient.connect(gw.port)
+            headers = token(f"free-{n}", "free")
+            try:
+                while not stop.is_set():
+                    free_codes.append(
+                        (await client.request(get("/echo/private/f", headers=headers))).status
+                    )
+            finally:
+                await client.close()
+
+        floods = [asyncio.create_task(flood(n)) for n in range(20)]
+        await eventually(lambda: 503 in free_codes)  # the free tier is being shed
+        vip = await RawClient.connect(gw.port)
+        latencies = []
+        try:
+            for _ in range(30):
+                started = time.monotonic()
+                response = await vip.request(
+                    get("/echo/private/e", headers=token("big", "enterprise"))
+                )
+                latencies.append(time.monotonic() - started)
+                assert response.status == 200, response.body
+        finally:
+            stop.set()
+            await asyncio.gather(*floods)
+            await vip.close()
+        assert set(free_codes) <= {200, 503}
+        assert free_codes.count(200) > 0  # shed, not starved: free still got its 5 slots
+        latencies.sort()
+        assert latencies[-1] < 1.0  # every enterprise request: the backend's 50 ms plus little
+        assert limiter(gw).counts.concurrency_refused == free_codes.count(503)

@@ -67,3 +67,59 @@ async def test_connection_never_used_is_closed_after_header_timeout() -> None:
         client = await RawClient.connect(gw.port)
         assert await client.closed_by_peer(timeout_s=5)
         assert client.raw == b""
+
+
+# -- connection quotas and slowloris at scale ------------------------------------------------
+
+QUOTA: dict[str, Any] = {"gateway": {"server": {"limits": {"max_requests_per_connection": 3}}}}
+
+
+@uvloop_test
+async def test_the_last_request_of_a_connections_quota_is_answered_with_close() -> None:
+    async with running(extra=QUOTA) as gw:
+        client = await RawClient.connect(gw.port)
+        for n in range(3):
+            response = await client.request(get(f"/echo/{n}"))
+            assert response.status == 200
+            assert (response.header("connection") == b"close") is (n == 2)
+        assert await client.closed_by_peer()
+        assert gw.backends[0].stats()["requests"] == 3
+
+
+@uvloop_test
+async def test_pipelined_requests_beyond_the_quota_are_dropped_not_answered() -> None:
+    async with running(extra=QUOTA) as gw:
+        client = await RawClient.connect(gw.port)
+        await client.send(b"".join(get(f"/echo/{n}") for n in range(5)))
+        responses = await client.read_responses(3)
+        assert [r.status for r in responses] == [200, 200, 200]
+        assert responses[-1].header("connection") == b"close"
+        assert await client.closed_by_peer()
+        assert client.raw.count(b"HTTP/1.1 ") == 3  # nothing for the 4th and 5th
+        assert gw.backends[0].stats()["requests"] == 3
+
+
+@uvloop_test
+async def test_500_slowloris_connections_do_not_stop_normal_clients() -> None:
+    import asyncio
+    import resource
+    import time
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    slow = {"gateway": {"server": {"timeouts": {"header": "30s"}}}}
+    async with running(extra=slow) as gw:
+        loris = [await RawClient.connect(gw.port) for _ in range(500)]
+        try:
+            for client in loris:  # each holds a head open, never finishing it
+                await client.send(b"GET /echo HTTP/1.1\r\nHost: gw\r\nX-Slow: a")
+            await asyncio.gather(*(client.send(b"b") for client in loris))  # they trickle
+            started = time.monotonic()
+            for n in range(20):  # meanwhile, normal clients are served at once
+                normal = await RawClient.connect(gw.port)
+                assert (await normal.request(get(f"/echo/normal/{n}"))).status == 200
+                await normal.close()
+            assert time.monotonic() - started < 5.0
+            assert len(gw.gateway.context.connections) >= 500  # the lorises are still held
+        finally:
+            await asyncio.gather(*(client.close() for client in loris))

@@ -24,7 +24,14 @@ from fastgw.ratelimit.decision import (
     Level,
     check_overrides,
 )
-from fastgw.ratelimit.policy import NO_ENDPOINT, NO_QUOTA, GlobalLimits, LimitPolicy, RouteLimits
+from fastgw.ratelimit.policy import (
+    NO_ENDPOINT,
+    NO_QUOTA,
+    CustomerLimits,
+    GlobalLimits,
+    LimitPolicy,
+    RouteLimits,
+)
 from fastgw.ratelimit.service import LimitService
 from fastgw.replies import ReplyTable
 
@@ -382,7 +389,8 @@ def test_max_concurrent_is_shared_out_between_workers(
     try:
         limiter = service.limiter
         exchanges = [SimpleNamespace(reply=None, end_hook=None) for _ in range(slots + 1)]
-        admitted = [limiter.admit(cast(Any, ex)) for ex in exchanges]
+        top = CustomerLimits(b"c", 1, 1.0, 1, NO_QUOTA)  # shed_above 1.0: every slot
+        admitted = [limiter.admit(cast(Any, ex), top) for ex in exchanges]
         assert admitted == [True] * slots + [False]
         assert limiter.inflight == slots
         assert exchanges[-1].reply is not None  # the 503 overloaded
@@ -493,3 +501,33 @@ def test_a_cluster_needs_a_tcp_seed_and_database_0() -> None:
         "$.gateway.rate_limiting.redis.address",
         "$.gateway.rate_limiting.redis.db",
     ]
+
+
+def test_lower_tiers_are_shed_first_and_the_last_slots_stay_for_the_top_tier() -> None:
+    config = load({"global": {"max_concurrent": 10}}, rate_limiting={"max_keys": 1024})
+    service = LimitService(config, ReplyTable(b""), workers=1)
+    try:
+        limiter = service.limiter
+        tiers = {  # the default tiers' ranks: free 0.8, pro 0.9, enterprise 1.0
+            name: CustomerLimits(b"c", 1, 1.0, 1, NO_QUOTA, shed_above=share)
+            for name, share in (("free", 0.8), ("pro", 0.9), ("enterprise", 1.0))
+        }
+        assert config.rate_limits.customer_tiers["free"].shed_above == 0.8
+        held = []
+
+        def take(limits: CustomerLimits | None) -> bool:
+            ex = SimpleNamespace(reply=None, end_hook=None)
+            if limiter.admit(cast(Any, ex), limits):
+                held.append(ex)
+                return True
+            return False
+
+        assert [take(tiers["free"]) for _ in range(9)] == [True] * 8 + [False]
+        assert not take(None)  # anonymous traffic ranks with the lowest tier
+        assert [take(tiers["pro"]) for _ in range(2)] == [True, False]
+        assert [take(tiers["enterprise"]) for _ in range(2)] == [True, False]
+        assert limiter.inflight == 10 and limiter.counts.concurrency_refused == 4
+        held.pop().end_hook()
+        assert not take(tiers["free"]) and take(tiers["enterprise"])
+    finally:
+        service.close()
