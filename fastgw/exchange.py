@@ -74,11 +74,13 @@ class Exchange:
         "body_sent_bytes",
         "candidates",
         "chunked_out",
+        "client",
         "close_after",
         "conn",
         "continue_sent",
         "customer",
         "end_hook",
+        "forwarded_for",
         "head",
         "http_minor",
         "keep_alive",
@@ -115,6 +117,10 @@ class Exchange:
         self.keep_alive = True
         self.head: RequestHead | None = None
         self.request_id = b""
+        # Who the client is (the peer, or the X-Forwarded-For hop a trusted proxy names), and
+        # the X-Forwarded-For value for the backend when it differs from the peer alone.
+        self.client = b""
+        self.forwarded_for = b""
         self.route: RoutePlan | None = None
         self.step = 0
         # Set by the auth stage: who calls (None on a route without auth).

@@ -22,9 +22,12 @@ from fastgw.router import Router
 from fastgw.routing.breaker import BreakerSettings
 from fastgw.routing.health import HealthView
 from fastgw.routing.strategies import Instance, PoolBalancer
+from fastgw.security.ipset import ClientAddress, IpRules, IpSet
+from fastgw.stages.cors import Cors, cors_routes
 from fastgw.stages.forward import Backends, Forward
 from fastgw.stages.health import BackendView, DetailedHealth, Health, Ready
 from fastgw.stages.permissions import RequireGrants
+from fastgw.tls import check_tls, hsts_field
 
 if TYPE_CHECKING:
     from fastgw.config import Config
@@ -65,9 +68,11 @@ class Plan:
         "auth",
         "backend_view",
         "backends",
+        "client_address",
         "common_headers",
         "forwarded_proto",
         "health",
+        "ip_rules",
         "limits",
         "pools",
         "replies",
@@ -102,7 +107,7 @@ class Plan:
         self.common_headers = b"".join(
             b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
             for name, value in config.gateway.security.response_headers.items()
-        )
+        ) + hsts_field(config.gateway)  # empty unless TLS and HSTS are on
         self.replies = ReplyTable(self.common_headers)
         self._bad_requests: dict[str, ErrorReply] = {}
         scheme = b"https" if server.tls.enabled else b"http"
@@ -110,6 +115,9 @@ class Plan:
         # Gateway-owned identity headers are dropped from client requests (x-customer-* and
         # x-forwarded-* by prefix in the kernel); nothing more is stripped by default.
         self.strip_request_fields: frozenset[bytes] = frozenset()
+        security = config.gateway.security
+        self.ip_rules = IpRules(security.ip_allow, security.ip_deny)
+        self.client_address = ClientAddress(IpSet(security.trusted_proxies))
         self.pools = pools
         self.health = self._health_view(config, health_table, slot)
         self.backends = self._backends(config)
@@ -168,6 +176,11 @@ class Plan:
                 exact.append((route.path.encode("utf-8"), plan))
             elif route.path_prefix is not None:
                 prefixes.append((route.path_prefix.encode("utf-8"), plan))
+        # CORS first in every chain (before auth: preflights carry no credentials), and
+        # OPTIONS-only routes so that preflights reach method-restricted paths too.
+        cors = Cors.from_config(config.gateway.security.cors, self.replies.no_route)
+        if cors is not None:
+            exact, prefixes = cors_routes(cors, exact, prefixes)
         return Router(exact, prefixes)
 
     def _health_view(self, config: Config, table: HealthTable | None, slot: int) -> HealthView:
@@ -266,6 +279,8 @@ def check_plan(config: Config) -> None:
     """Build a throwaway plan (no loop, no sockets) to prove ``config`` compiles.
 
     The master calls this before forking, so a config that cannot become a plan fails once,
-    loudly, instead of in every worker.
+    loudly, instead of in every worker. The TLS certificate and key are loaded too: a pair
+    that does not load refuses the start or the reload (the old generation keeps serving).
     """
+    check_tls(config.gateway.server.tls)
     Plan(config, [], workers=1).limits.close()

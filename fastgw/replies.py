@@ -16,6 +16,12 @@ from http import HTTPStatus
 from typing import Final
 
 JSON_CONTENT_TYPE: Final = b"Content-Type: application/json\r\n"
+# On every response the gateway makes itself (errors, health, CORS preflights), never on
+# proxied ones (the backend decides those): JSON is never a document to render or frame.
+CONTENT_SECURITY_POLICY: Final = (
+    b"Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"
+)
+GATEWAY_JSON_HEADERS: Final = JSON_CONTENT_TYPE + CONTENT_SECURITY_POLICY
 CONNECTION_CLOSE: Final = b"Connection: close\r\n"
 CONNECTION_KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
 CRLF: Final = b"\r\n"
@@ -110,7 +116,7 @@ class ErrorReply:
         )
         self.body_suffix_len = len(self.BODY_SUFFIX)
         self.head = (
-            status_line(spec.status) + JSON_CONTENT_TYPE + spec.extra_headers + common_headers
+            status_line(spec.status) + GATEWAY_JSON_HEADERS + spec.extra_headers + common_headers
         )
 
     @property
@@ -154,13 +160,28 @@ def json_reply(
     common_headers: bytes,
     close: bool,
     head_only: bool = False,
+    extra_headers: bytes = b"",
 ) -> list[bytes]:
-    """A JSON response built per call: for the health endpoints, not the proxy path. A HEAD
-    request gets the same head (Content-Length included) and no body."""
+    """A JSON response built per call: for the health endpoints and CORS preflights, not the
+    proxy path. A HEAD request gets the same head (Content-Length included) and no body; a 204
+    (a preflight's answer) has neither body nor Content-Type nor Content-Length (RFC 9110
+    8.6). ``extra_headers``: the lines stages added (``ex.response_headers``)."""
+    if status == 204:
+        return [
+            status_line(status),
+            CONTENT_SECURITY_POLICY,
+            common_headers,
+            extra_headers,
+            date,
+            b"X-Request-ID: ",
+            request_id,
+            b"\r\nConnection: close\r\n\r\n" if close else b"\r\n\r\n",
+        ]
     return [
         status_line(status),
-        JSON_CONTENT_TYPE,
+        GATEWAY_JSON_HEADERS,
         common_headers,
+        extra_headers,
         date,
         b"Content-Length: %d\r\nX-Request-ID: " % len(body),
         request_id,

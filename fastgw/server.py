@@ -23,6 +23,7 @@ from fastgw.plan import Plan, make_pools
 from fastgw.routing.admin_view import UpstreamsReport
 from fastgw.routing.health import ActiveChecks
 from fastgw.routing.health_table import HealthTable, create_health_fd
+from fastgw.tls import listen_options
 from fastgw.worker_context import WorkerContext
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ class GatewayServer:
         """Build the plan and serve on ``sock`` (or on the configured host and port)."""
         loop = asyncio.get_running_loop()
         ctx = WorkerContext(loop)
+        if self._config.gateway.server.tls.enabled:
+            ctx.tls_handshakes = {}
         pools = make_pools(self._config, loop, ctx.read_buffer)
         self._table = table = self._open_health_table()
         ctx.plan = Plan(
@@ -98,10 +101,16 @@ class GatewayServer:
                 self._start_checks(loop, table)
             if sock is None:
                 self._server = await loop.create_server(
-                    lambda: DownstreamProtocol(ctx), server.host, server.port, backlog=2048
+                    lambda: DownstreamProtocol(ctx),
+                    server.host,
+                    server.port,
+                    backlog=2048,
+                    **listen_options(server),
                 )
             else:
-                self._server = await loop.create_server(lambda: DownstreamProtocol(ctx), sock=sock)
+                self._server = await loop.create_server(
+                    lambda: DownstreamProtocol(ctx), sock=sock, **listen_options(server)
+                )
         except BaseException:
             await ctx.plan.auth.aclose()  # no background task outlives a failed start
             await ctx.plan.limits.aclose()
@@ -198,6 +207,7 @@ class GatewayServer:
             self._server.close()  # with tcp_migrate_req=1 its accept queue moves to a sibling
         await self._stop_admin()  # the generation that replaces us answers the admin port
         await asyncio.sleep(0)  # connections accepted before the close: connection_made admits
+        await self._await_handshakes(ctx)
         ctx.draining = True
         for conn in list(ctx.connections):
             conn.drain()
@@ -211,6 +221,20 @@ class GatewayServer:
                 conn.transport.abort()
         await self.close()
         return clean
+
+    async def _await_handshakes(self, ctx: WorkerContext) -> None:
+        """TLS connections accepted before the listener closed are still handshaking (their
+        connection_made comes after it): wait for them, up to the handshake timeout, so that
+        they are served instead of reset when the worker exits."""
+        handshakes = ctx.tls_handshakes
+        limit_s = self._config.gateway.server.timeouts.header_s
+        while handshakes:
+            oldest_allowed = ctx.loop.time() - limit_s
+            for conn, began in list(handshakes.items()):
+                if began < oldest_allowed:  # failed without telling us: forget it
+                    del handshakes[conn]
+            if handshakes:
+                await asyncio.sleep(0.005)
 
     async def close(self) -> None:
         if self._reaper is not None:

@@ -371,8 +371,9 @@ class Supervisor:
             host, port = generation.address
             shown = f"[{host}]" if ":" in host else host
             workers = f"{generation.size} worker" + ("s" if generation.size > 1 else "")
+            scheme = "https" if generation.config.gateway.server.tls.enabled else "http"
             print(
-                f"fastgw listening on http://{shown}:{port} ({workers}, pid {os.getpid()})",
+                f"fastgw listening on {scheme}://{shown}:{port} ({workers}, pid {os.getpid()})",
                 flush=True,
             )
             if generation.admin_port:

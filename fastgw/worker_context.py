@@ -28,6 +28,7 @@ class WorkerContext:
         "plan",
         "read_buffer",
         "requests_done",
+        "tls_handshakes",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -39,10 +40,15 @@ class WorkerContext:
         self.draining = False
         self.emptied: asyncio.Future[None] | None = None  # set while draining waits
         self.requests_done = 0
+        # With TLS: connections whose handshake is in flight (made, not yet connection_made),
+        # with when they began; a drain waits for them (see GatewayServer.drain). None: no TLS.
+        self.tls_handshakes: dict[DownstreamProtocol, float] | None = None
         self.plan: Plan  # set by the server once built (the plan needs this context's buffer)
 
     def admit(self, conn: DownstreamProtocol) -> bool:
-        if self.draining or len(self.connections) >= self.plan.settings.max_connections:
+        # Not refused while draining: a connection accepted before the listener closed (a TLS
+        # one finishes its handshake later) is served, its answer saying Connection: close.
+        if len(self.connections) >= self.plan.settings.max_connections:
             return False
         self.connections.add(conn)
         return True

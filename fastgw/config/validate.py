@@ -39,6 +39,7 @@ from fastgw.config.units import format_duration
 from fastgw.errors import Problem
 from fastgw.ratelimit.decision import MAX_BURST, MAX_WINDOW_US, window_limit
 from fastgw.redis_address import cluster_problems
+from fastgw.tls import tls_problems
 
 _SIMPLE_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _HS_MIN_SECRET_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}
@@ -139,6 +140,9 @@ def _check_server(found: Findings, gateway: GatewayConfig) -> None:
             found.add(f"{path}.{key}", "required when tls.enabled is true")
         else:
             _check_readable(found, f"{path}.{key}", file)
+    if not found.tainted(path):  # both files are there: does the pair load?
+        for problem in tls_problems(tls):
+            found.add(problem.path, problem.message)
 
 
 def _check_jwt(found: Findings, jwt: JwtConfig) -> None:

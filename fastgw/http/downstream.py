@@ -48,6 +48,7 @@ from fastgw.replies import (
 
 if TYPE_CHECKING:
     from fastgw._speedups import ResponseHead
+    from fastgw.plan import Plan
     from fastgw.worker_context import WorkerContext
 
 # Why reading is paused (bit flags).
@@ -111,6 +112,7 @@ class RejectRequest(Exception):
 class DownstreamProtocol(asyncio.BufferedProtocol):
     __slots__ = (
         "_active",
+        "_blocked",
         "_ctx",
         "_deadline",
         "_fields",
@@ -127,6 +129,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         "_trailer_bytes",
         "_trailer_count",
         "_url",
+        "_via_proxy",
         "_write_deadline",
         "_write_paused",
         "peer",
@@ -149,6 +152,8 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         self._write_paused = False
         self._stopped = False
         self._served = 0  # requests parsed on this connection
+        self._via_proxy = False  # the peer is a trusted proxy (gateway.security.trusted_proxies)
+        self._blocked = False  # the peer is refused by the IP rules
         self._pumping = False
         self._out: list[bytes] = []  # response bytes held until the backend read ends
         self._deadline = Deadline(ctx.loop, self._on_deadline)  # what reading waits for
@@ -157,6 +162,9 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         self._write_deadline = Deadline(ctx.loop, self._on_deadline)
         self.transport: asyncio.Transport | None = None
         self.peer = b""
+        handshakes = ctx.tls_handshakes
+        if handshakes is not None:
+            handshakes[self] = ctx.loop.time()
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -164,6 +172,8 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = transport = cast(asyncio.Transport, transport)
         ctx = self._ctx
+        if ctx.tls_handshakes is not None:
+            ctx.tls_handshakes.pop(self, None)
         if not ctx.admit(self):
             transport.writelines(ctx.plan.overloaded_reply(ctx.date.get()))
             transport.close()
@@ -172,9 +182,18 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         set_nodelay(transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0].encode("ascii") if isinstance(peer, tuple) else b"unix"
+        # IP rules, decided once per connection; a trusted proxy's requests are decided one by
+        # one, for the client its X-Forwarded-For names.
+        plan = ctx.plan
+        trusted = plan.client_address.trusted
+        self._via_proxy = bool(trusted) and trusted.contains(self.peer)
+        rules = plan.ip_rules
+        self._blocked = not self._via_proxy and rules.active and not rules.allowed(self.peer)
         self._deadline.set(WAIT_HEAD, ctx.plan.settings.header_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._ctx.tls_handshakes is not None:
+            self._ctx.tls_handshakes.pop(self, None)
         self._ctx.release(self)
         self._deadline.cancel()
         self._write_deadline.cancel()
@@ -370,6 +389,12 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         if self._served >= settings.max_requests_per_connection:
             ex.keep_alive = False  # answered with Connection: close; nothing after it is read
         ex.request_id = self._ctx.ids.accept_or_new(head.request_id)
+        ex.client = self.peer
+        if self._via_proxy:
+            self._resolve_client(ex, plan, fields)
+        elif self._blocked:
+            ex.reply = plan.replies.ip_blocked  # answered in turn, never forwarded
+            ex.keep_alive = False
         ex.body_done = head.content_length <= 0 and not head.chunked
         if ex.body_done:
             self._deadline.clear()
@@ -481,6 +506,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
                     common_headers=self._ctx.plan.common_headers,
                     close=close,
                     head_only=ex.method == b"HEAD",
+                    extra_headers=ex.response_headers,
                 )
             )
         self._finish(ex, close)
@@ -528,16 +554,32 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
 
     # -- called by the upstream side -----------------------------------------------------------
 
+    def _resolve_client(self, ex: Exchange, plan: Plan, fields: list[bytes]) -> None:
+        """A trusted proxy's request: the client is the hop its X-Forwarded-For names (right
+        to left, past trusted proxies); the backend gets that chain with the proxy appended.
+        The IP rules then apply to that client."""
+        chain = [
+            fields[i + 1]
+            for i in range(0, len(fields), 2)
+            if fields[i].lower() == b"x-forwarded-for"
+        ]
+        if chain:
+            ex.client = plan.client_address.resolve(self.peer, chain)
+            ex.forwarded_for = b", ".join([*chain, self.peer])
+        rules = plan.ip_rules
+        if rules.active and not rules.allowed(ex.client):
+            ex.reply = plan.replies.ip_blocked  # answered in turn; the proxy's connection stays
+
     # HOT PATH
     def add_forwarded_headers(self, parts: list[bytes], ex: Exchange) -> None:
         """Append X-Request-ID and X-Forwarded-* for the backend to ``parts`` (the client's own
-        versions were dropped by the header kernel)."""
+        versions were dropped by the header kernel; a trusted proxy's chain is kept)."""
         host = ex.head.host if ex.head is not None else None
         parts += (
             b"X-Request-ID: ",
             ex.request_id,
             b"\r\nX-Forwarded-For: ",
-            self.peer,
+            ex.forwarded_for or self.peer,
             self._ctx.plan.forwarded_proto,
         )
         if host is not None:

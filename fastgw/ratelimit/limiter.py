@@ -203,7 +203,7 @@ class RateLimiter:
         """Apply a decision (the reply layout of ``decision.py``) to ``ex``."""
         self.counts.by_masks[active << 4 | would_refuse] += 1
         if header_level:
-            ex.response_headers = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\n" \
+            ex.response_headers += b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\n" \
                 b"RateLimit-Reset: %d\r\n" % (limit, remaining, -(-reset_ms // 1000))
         if level == 0:
             return CONTINUE
