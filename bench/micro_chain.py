@@ -52,6 +52,8 @@ from fastgw import _speedups
 _HS_SECRET: Final = "micro-chain-secret-micro-chain-secret!!"
 CONFIG: Final = {
     "gateway": {
+        # one client connection carries every request: no per-connection quota
+        "server": {"limits": {"max_requests_per_connection": 10**12}},
         "authentication": {
             "development": {"enabled": True},
             "jwt": {"algorithm": "HS256", "hs_secret": _HS_SECRET},

@@ -42,6 +42,8 @@ RESPONSE = (
 )
 # Port 9 (discard) is never connected to: the one backend connection is put in the pool by hand.
 PIPELINE_CONFIG: Mapping[str, Any] = {
+    # one client connection carries every request, as wrk's do: no per-connection quota
+    "gateway": {"server": {"limits": {"max_requests_per_connection": 10**12}}},
     "routing": {"metald_instances": [{"host": "127.0.0.1", "port": 9}]},
     "routes": [{"endpoint": "Echo", "path_prefix": "/echo", "auth": "none"}],
 }

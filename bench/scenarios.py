@@ -171,7 +171,9 @@ def passthrough_config(backend_ports: list[int], port: int, *, max_connections: 
             "server": {
                 "host": HOST, "port": port,
                 "timeouts": {"idle": idle_timeout},
-                "limits": {"max_connections": max_connections},
+                # like the peers' keepalive_requests: wrk's connections are never recycled
+                "limits": {"max_connections": max_connections,
+                           "max_requests_per_connection": 10**12},
             },
             "observability": {
                 "metrics": {"enabled": False},

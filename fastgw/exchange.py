@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from fastgw._speedups import RequestHead
     from fastgw.auth.context import CustomerContext
+    from fastgw.http.compress import GzipStream
     from fastgw.http.downstream import DownstreamProtocol
     from fastgw.http.upstream import UpstreamProtocol
     from fastgw.plan import RoutePlan
@@ -76,17 +77,20 @@ class Exchange:
         "chunked_out",
         "client",
         "close_after",
+        "compressor",
         "conn",
         "continue_sent",
         "customer",
         "end_hook",
         "forwarded_for",
+        "gzip_wanted",
         "head",
         "http_minor",
         "keep_alive",
         "local_body",
         "local_status",
         "method",
+        "on_body_done",
         "path",
         "query",
         "replay",
@@ -131,6 +135,10 @@ class Exchange:
         self.body_bytes = 0
         self.body_done = False
         self.continue_sent = False
+        # Called once by the connection when the body is complete, for a stage that PAUSEd to
+        # read the whole body first (request validation); meanwhile reading is never paused
+        # for the body buffer (max_body_size still bounds it).
+        self.on_body_done: Callable[[Exchange], None] | None = None
         # Upstream.
         self.upstream: UpstreamProtocol | None = None
         self.candidates: tuple[int, ...] = ()
@@ -154,6 +162,10 @@ class Exchange:
         self.status = 0
         self.response_started = False
         self.chunked_out = False
+        # Response compression (gateway.server.compression): the client accepts gzip, and the
+        # response's compressor once its head said it applies.
+        self.gzip_wanted = False
+        self.compressor: GzipStream | None = None
         self.close_after = False
 
     def move(self, new_state: int) -> None:

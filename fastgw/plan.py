@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from fastgw.auth.service import AuthService
+from fastgw.http.compress import Compression
 from fastgw.limits import MIN_FAILOVER_DEPTH
 from fastgw.ratelimit.service import LimitService
 from fastgw.replies import ErrorReply, ReplyTable
@@ -70,6 +71,7 @@ class Plan:
         "backends",
         "client_address",
         "common_headers",
+        "compression",
         "forwarded_proto",
         "health",
         "ip_rules",
@@ -115,6 +117,8 @@ class Plan:
         # Gateway-owned identity headers are dropped from client requests (x-customer-* and
         # x-forwarded-* by prefix in the kernel); nothing more is stripped by default.
         self.strip_request_fields: frozenset[bytes] = frozenset()
+        compression = server.compression
+        self.compression = Compression(compression) if compression.enabled else None
         security = config.gateway.security
         self.ip_rules = IpRules(security.ip_allow, security.ip_deny)
         self.client_address = ClientAddress(IpSet(security.trusted_proxies))

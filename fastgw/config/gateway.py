@@ -99,6 +99,33 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CompressionConfig:
+    """``gateway.server.compression``: gzip of proxied responses (off by default)."""
+
+    enabled: bool = setting(False, "Compress responses the client accepts gzip for.")
+    level: int = setting(5, "zlib level: 1 fastest .. 9 smallest.", range=(1, 9))
+    min_size_bytes: int = setting(
+        1024,
+        "Responses with a shorter Content-Length are sent as they are.",
+        key="min_size",
+        kind="size",
+        range=(0, None),
+    )
+    types: tuple[str, ...] = setting(
+        (
+            "text/*",
+            "application/json",
+            "application/problem+json",
+            "application/javascript",
+            "application/xml",
+            "image/svg+xml",
+        ),
+        "Content types compressed ('type/*' matches a whole type).",
+        unique=True,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
     """``gateway.server``: the client-facing listener."""
 
@@ -113,6 +140,9 @@ class ServerConfig:
     )
     limits: LimitsConfig = field(
         default_factory=LimitsConfig, metadata=meta("Request and connection limits.")
+    )
+    compression: CompressionConfig = field(
+        default_factory=CompressionConfig, metadata=meta("Response compression.")
     )
 
 

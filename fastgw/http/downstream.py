@@ -28,6 +28,7 @@ import httptools
 
 from fastgw._speedups import HeaderError, scan_request_head
 from fastgw.exchange import ABORTED, DONE, IN_CHAIN, QUEUED, Exchange
+from fastgw.http.compress import GzipStream
 from fastgw.http.deadline import Deadline
 from fastgw.http.pool import set_nodelay
 from fastgw.limits import (
@@ -68,6 +69,7 @@ CHUNK_END: Final = b"0\r\n\r\n"
 CRLF: Final = b"\r\n"
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 TE_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
+GZIP_HEADERS: Final = b"Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n"
 
 # Trailer fields that would change framing, routing or identity if anyone merged them.
 FORBIDDEN_TRAILERS: Final = frozenset(
@@ -389,6 +391,8 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         if self._served >= settings.max_requests_per_connection:
             ex.keep_alive = False  # answered with Connection: close; nothing after it is read
         ex.request_id = self._ctx.ids.accept_or_new(head.request_id)
+        if plan.compression is not None:
+            ex.gzip_wanted = plan.compression.wanted(head.forward_block)
         ex.client = self.peer
         if self._via_proxy:
             self._resolve_client(ex, plan, fields)
@@ -419,7 +423,8 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         elif ex.state not in (DONE, ABORTED):
             ex.body_pending.append(body)
             ex.body_pending_bytes += len(body)
-            if ex.body_pending_bytes > BODY_BUFFER_HIGH_WATER_BYTES:
+            # A stage waiting for the whole body (on_body_done) needs it all: not paused.
+            if ex.body_pending_bytes > BODY_BUFFER_HIGH_WATER_BYTES and ex.on_body_done is None:
                 self._pause_reading(PAUSED_BODY_BUFFER)
 
     def on_message_complete(self) -> None:
@@ -435,6 +440,23 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         if not ex.keep_alive or self._ctx.draining:
             # Nothing after a final request is read (llhttp would call it an error anyway).
             self._stop_reading()
+        hook = ex.on_body_done
+        if hook is not None:
+            # A stage PAUSEd for the whole body (validation): it decides and resumes now. The
+            # message is complete, so no byte of it is left to reject after a forward.
+            ex.on_body_done = None
+            hook(ex)
+
+    def read_whole_body(self, ex: Exchange) -> None:
+        """``ex.on_body_done`` is set: read the whole body before it is called. Reading is not
+        paused for the body buffer meanwhile (``max_body_size`` and the read timeout still
+        bound it); a client that sent ``Expect: 100-continue`` is told to go on."""
+        head = ex.head
+        transport = self.transport
+        if head is not None and head.expect_continue and not ex.continue_sent and transport:
+            ex.continue_sent = True
+            transport.write(CONTINUE_100)
+        self._resume_reading(PAUSED_BODY_BUFFER)
 
     # -- running exchanges -------------------------------------------------------------------
 
@@ -606,7 +628,22 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         ex.response_started = True
         plan = self._ctx.plan
         close = self._must_close_after(ex)
-        if no_body:
+        encoding = b""
+        compression = plan.compression
+        if (
+            ex.gzip_wanted
+            and not no_body
+            and compression is not None
+            and compression.applies(status, response.content_length, response.forward_block)
+        ):
+            ex.compressor = GzipStream(compression.level)
+            encoding = GZIP_HEADERS
+            if ex.http_minor == 1:
+                framing = TE_CHUNKED
+            else:
+                framing = b""  # an HTTP/1.0 client reads the compressed body to EOF
+                close = True
+        elif no_body:
             framing = (
                 b"Content-Length: %d\r\n" % response.content_length
                 if response.content_length >= 0 and status != 204
@@ -632,6 +669,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
             response.forward_block,
             plan.common_headers,
             ex.response_headers,
+            encoding,
             framing,
             connection,
             CRLF,
@@ -641,6 +679,10 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
     def on_upstream_body(self, ex: Exchange, body: bytes) -> None:
         if self.transport is None:
             return
+        if ex.compressor is not None:
+            body = ex.compressor.piece(body)
+            if not body:
+                return
         if ex.chunked_out:
             self._out += (b"%x\r\n" % len(body), body, CRLF)
         else:
@@ -649,9 +691,21 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
     def on_upstream_done(self, ex: Exchange) -> None:
         if ex.state == ABORTED or self.transport is None:
             return
+        if ex.compressor is not None:
+            tail = ex.compressor.end()
+            ex.compressor = None
+            if tail:
+                self.on_upstream_body_raw(ex, tail)
         if ex.chunked_out:
             self._out.append(CHUNK_END)
         self._finish(ex, ex.close_after or self._must_close_after(ex))
+
+    def on_upstream_body_raw(self, ex: Exchange, body: bytes) -> None:
+        """Body bytes for the client as they are (already encoded)."""
+        if ex.chunked_out:
+            self._out += (b"%x\r\n" % len(body), body, CRLF)
+        else:
+            self._out.append(body)
 
     # HOT PATH
     def flush_output(self) -> None:

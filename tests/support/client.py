@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
@@ -108,6 +109,17 @@ class RawClient:
         out = self._collector.responses[:count]
         del self._collector.responses[:count]
         return out
+
+    async def read_until(self, done: Callable[[bytes], bool], timeout_s: float) -> None:
+        """Read (and parse, as ``read_responses`` does) until ``done(self.raw)``, within the
+        bound: for tests that watch bytes arrive before a response is complete."""
+        async with asyncio.timeout(timeout_s):
+            while not done(self.raw):
+                data = await self.reader.read(65536)
+                if not data:
+                    raise AssertionError(f"EOF before the condition held: {self.raw!r}")
+                self.raw += data
+                self._feed(data)
 
     def _feed(self, data: bytes) -> None:
         self._parser.feed_data(data)
