@@ -28,6 +28,7 @@ from fastgw.stages.cors import Cors, cors_routes
 from fastgw.stages.forward import Backends, Forward
 from fastgw.stages.health import BackendView, DetailedHealth, Health, Ready
 from fastgw.stages.permissions import RequireGrants
+from fastgw.stages.validate import ValidateBody, load_schema
 from fastgw.tls import check_tls, hsts_field
 
 if TYPE_CHECKING:
@@ -173,6 +174,14 @@ class Plan:
                     steps.append(grants.on_request)
             elif self.limits.covers_anonymous:
                 steps.append(self.limits.stage(route.endpoint).on_request)
+            if route.content_types or route.json_schema is not None:
+                # After auth and limits (nothing is buffered for a refused request), before
+                # forward; the schema compiled once here (check-config compiled it too).
+                schema = None if route.json_schema is None else load_schema(route.json_schema)
+                validate = ValidateBody(
+                    self.replies, self.common_headers, route.content_types, schema
+                )
+                steps.append(validate.on_request)
             steps.append(forward.on_request)
             methods = frozenset(m.encode("ascii") for m in route.methods) or None
             plan = RoutePlan(route.endpoint, methods, tuple(steps))

@@ -87,6 +87,10 @@ NO_ROUTE: Final = ErrorSpec(404, "no_route", "no route matches this method and p
 REQUEST_TIMEOUT: Final = ErrorSpec(408, "request_timeout", "request not received in time")
 PAYLOAD_TOO_LARGE: Final = ErrorSpec(413, "payload_too_large", "request body too large")
 URI_TOO_LONG: Final = ErrorSpec(414, "uri_too_long", "request target too long")
+# Our addition to A3's table: a route's ``content_types`` refuses the request body's media type.
+UNSUPPORTED_MEDIA_TYPE: Final = ErrorSpec(
+    415, "unsupported_media_type", "request body media type not accepted here"
+)
 HEADERS_TOO_LARGE: Final = ErrorSpec(431, "headers_too_large", "request header fields too large")
 RATE_LIMITED: Final = ErrorSpec(429, "rate_limited", "rate limit exceeded")
 QUOTA_EXCEEDED: Final = ErrorSpec(429, "quota_exceeded", "daily quota exceeded")
@@ -209,6 +213,7 @@ class ReplyTable:
         "rate_limited",
         "request_timeout",
         "unauthorized",
+        "unsupported_media_type",
         "upstream_timeout",
         "uri_too_long",
     )
@@ -222,6 +227,7 @@ class ReplyTable:
         self.request_timeout = ErrorReply(REQUEST_TIMEOUT, common_headers)
         self.payload_too_large = ErrorReply(PAYLOAD_TOO_LARGE, common_headers)
         self.uri_too_long = ErrorReply(URI_TOO_LONG, common_headers)
+        self.unsupported_media_type = ErrorReply(UNSUPPORTED_MEDIA_TYPE, common_headers)
         self.headers_too_large = ErrorReply(HEADERS_TOO_LARGE, common_headers)
         self.rate_limited = ErrorReply(RATE_LIMITED, common_headers)
         self.quota_exceeded = ErrorReply(QUOTA_EXCEEDED, common_headers)

@@ -75,7 +75,7 @@ routing:
 KIND_NOUNS = {
     "duration": "duration", "size": "size", "file": "file path", "cidr": "CIDR",
     "url": "URL", "origin": "origin", "path": "URL path", "address": "address",
-    "output": "output", "header_value": "string",
+    "output": "output", "header_value": "string", "json_or_file": "mapping or file path",
 }  # fmt: skip
 SCALAR_NOUNS = {bool: "boolean", int: "integer", float: "number", str: "string"}
 

@@ -15,7 +15,8 @@ new rule is added here, in the loader, and in the reference generator, and nowhe
   (resolved against the config file's directory), ``cidr`` (normalized network), ``url``
   (http/https), ``origin`` (``*`` or ``scheme://host[:port]``), ``path`` (starts with
   ``/``), ``address`` (``host:port`` or ``unix:///path``),
-  ``output`` (``stdout``, ``stderr`` or a file), ``header_value`` (no CR, LF or NUL).
+  ``output`` (``stdout``, ``stderr`` or a file), ``header_value`` (no CR, LF or NUL),
+  ``json_or_file`` (a mapping of JSON data, frozen by ``freeze_json``, or a ``file``).
 - ``range``: inclusive ``(lo, hi)``, either may be ``None``; ``positive``: strictly above zero;
   ``choices``; ``refuse``: ``(values, message)``, values refused in any case with a message of
   their own; ``pattern``: ``(regex, what)``; ``allow_empty`` (strings are non-empty unless set);
@@ -33,12 +34,17 @@ import re
 from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
 HTTP_TOKEN: Final = (r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", "an HTTP token")
+MEDIA_TYPE: Final = (
+    r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+",
+    "a media type like application/json (no parameters)",
+)
 NAME: Final = (r"[A-Za-z0-9_.-]+", "a name of letters, digits, '_', '.', '-'")
 PERMISSION: Final = (
     r"[A-Za-z0-9_.:*/-]{1,128}", "a permission name of letters, digits and '_.:*/-' (1-128)"
@@ -90,6 +96,7 @@ KIND_NOUNS: Final = {
     "path": "a path starting with '/'",
     "address": "'host:port' or 'unix:///path'",
     "header_value": "a header value without CR, LF or NUL",
+    "json_or_file": "a mapping or a file path",
 }
 
 
@@ -127,3 +134,30 @@ def convert_kind(kind: str, text: str, base_dir: Path) -> str | None:
     if kind == "origin":
         ok = ok and not (parts.path or parts.query or parts.fragment or "@" in parts.netloc)
     return text if ok else None
+
+
+MAX_JSON_VALUES: Final = 100_000
+"""Most values an inline JSON mapping may hold once YAML aliases are expanded."""
+
+
+def freeze_json(data: object) -> object:
+    """JSON-like YAML data made immutable (mappings → ``MappingProxyType``, lists → tuples);
+    raises ``ValueError`` for what JSON cannot hold (non-string keys, dates, binary) and above
+    ``MAX_JSON_VALUES`` values (aliases are expanded: an alias bomb stops here)."""
+    budget = [MAX_JSON_VALUES]
+
+    def freeze(value: object) -> object:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError(f"more than {MAX_JSON_VALUES} values")
+        if isinstance(value, dict):
+            if not all(isinstance(key, str) for key in value):
+                raise ValueError("mapping keys must be strings")
+            return MappingProxyType({key: freeze(item) for key, item in value.items()})
+        if isinstance(value, list):
+            return tuple(freeze(item) for item in value)
+        if value is None or isinstance(value, str | int | float | bool):
+            return value
+        raise ValueError(f"{type(value).__name__} is not JSON data")
+
+    return freeze(data)

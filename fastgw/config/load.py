@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import yaml
 
-from fastgw.config.fields import KIND_NOUNS, convert_kind
+from fastgw.config.fields import KIND_NOUNS, convert_kind, freeze_json
 from fastgw.config.model import Config
 from fastgw.config.units import (
     DURATION_HINT,
@@ -228,6 +228,8 @@ class _Reader:
         return cls(**values)
 
     def value(self, tp: Any, meta: Mapping[str, Any], raw: object, path: str) -> Any:
+        if meta.get("kind") == "json_or_file" and raw is not None:
+            return self.json_or_file(meta, raw, path)
         origin = typing.get_origin(tp)
         if origin in (typing.Union, types.UnionType):
             if raw is None:
@@ -287,6 +289,17 @@ class _Reader:
                     continue
             self.findings.incomplete.add(path)
         return types.MappingProxyType(result)
+
+    def json_or_file(self, meta: Mapping[str, Any], raw: object, path: str) -> Any:
+        """An inline mapping of JSON data (kept frozen, never substituted) or a file path."""
+        if isinstance(raw, str):
+            return self.scalar(str, {**meta, "kind": "file"}, raw, path)
+        if not isinstance(raw, dict):
+            return self.fail(path, f"expected mapping or file path, got {describe(raw)}")
+        try:
+            return freeze_json(raw)
+        except (ValueError, RecursionError) as exc:
+            return self.fail(path, f"not JSON data: {exc}")
 
     # -- scalars --------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Final
 
 from fastgw.config.fields import (
     HTTP_TOKEN,
+    MEDIA_TYPE,
     NAME,
     PERMISSION,
     meta,
@@ -294,6 +295,21 @@ class RouteConfig:
         False,
         "Retry 502/503 answers and timeouts on another instance for every method (idempotent "
         "methods are retried anyway); only for calls the backend can safely receive twice.",
+    )
+    content_types: tuple[str, ...] = setting(
+        (),
+        "Media types (type/subtype) a request body may have, compared case-insensitively "
+        "without parameters: a body with another Content-Type, or none, gets 415 "
+        "unsupported_media_type. Empty: any.",
+        pattern=MEDIA_TYPE, unique=True,
+    )
+    json_schema: str | Mapping[str, object] | None = setting(
+        None,
+        "JSON Schema the request body must match (inline, or a JSON/YAML file relative to the "
+        "config file; compiled at start). The body is read whole (up to max_body_size) after "
+        "auth and rate limits, before forwarding; a missing body, invalid JSON or a failed "
+        "check gets 400 bad_request naming the failing path ($.config.cpu).",
+        kind="json_or_file",
     )
 
 

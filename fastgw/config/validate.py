@@ -297,6 +297,7 @@ def _check_routes(found: Findings, routes: tuple[RouteConfig, ...]) -> None:
             if route.auth == "none" and getattr(route, key):
                 found.add(f"{here}.{key}", f"needs auth: required (an anonymous request has no "
                                            f"{key})")
+        _check_validation(found, route, here)
         if found.tainted(f"{here}.path", f"{here}.path_prefix"):
             continue
         if route.path is not None and route.path_prefix is not None:
@@ -315,6 +316,26 @@ def _check_routes(found: Findings, routes: tuple[RouteConfig, ...]) -> None:
                 found.add(here, f"same {target[0]} {target[1]} and method ({methods}) as {there}")
                 break
         by_path.setdefault(target, []).append((route, here))
+
+
+def _check_validation(found: Findings, route: RouteConfig, here: str) -> None:
+    """``content_types`` distinct ignoring case; ``json_schema`` read and compiled as the plan
+    will (``fastgw.stages.validate``), so a schema that cannot validate is a config error."""
+    seen: dict[str, str] = {}
+    kinds = route.content_types
+    for kind, there in zip(kinds, found.paths_of(f"{here}.content_types", len(kinds)), strict=True):
+        first = seen.setdefault(kind.lower(), there)
+        if first != there:
+            found.add(there, f"same media type as {first} (case is ignored)")
+    if route.json_schema is None or found.tainted(f"{here}.json_schema"):
+        return
+    # Imported here: the stage module pulls in jsonschema-rs, which only this check needs.
+    from fastgw.stages.validate import SchemaError, compile_schema, load_schema
+
+    try:
+        compile_schema(load_schema(route.json_schema))
+    except SchemaError as error:
+        found.add(f"{here}.json_schema", str(error))
 
 
 def _check_rate_limits(
