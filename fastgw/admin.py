@@ -26,6 +26,8 @@ from fastgw.replies import CONNECTION_CLOSE, DateHeader, ErrorReply, ErrorSpec, 
 
 Handler = Callable[[], tuple[int, bytes, bytes]]
 """Answers one admin path: ``(status, content_type, body)``, e.g. ``b"application/json"``."""
+Action = Callable[[bytes], tuple[int, bytes, bytes]]
+"""Does one operator action (``POST <path>?<query>``, no body): gets the query string."""
 
 MAX_HEAD_BYTES: Final = 8 * 1024
 """Raw bytes of one request head (request line, fields, blank line); more is 431 and close."""
@@ -43,7 +45,9 @@ MAX_ADMIN_CONNECTIONS: Final = 256
 log = logging.getLogger("fastgw.admin")
 
 _ALLOW: Final = b"Allow: GET, HEAD\r\n"
-METHOD_NOT_ALLOWED: Final = ErrorSpec(405, "method_not_allowed", "use GET or HEAD", _ALLOW)
+METHOD_NOT_ALLOWED: Final = ErrorSpec(
+    405, "method_not_allowed", "use GET or HEAD (POST for an action)", _ALLOW
+)
 INTERNAL_ERROR: Final = ErrorSpec(500, "internal_error", "the admin endpoint failed")
 _NO_STORE: Final = b"Cache-Control: no-store\r\n"
 _HEAD: Final = b"Content-Type: %s\r\n%s%sContent-Length: %d\r\nX-Request-ID: %s\r\n%s\r\n"
@@ -67,9 +71,11 @@ class AdminServer:
         loop: asyncio.AbstractEventLoop,
         handlers: Mapping[bytes, Handler],
         *,
+        actions: Mapping[bytes, Action] | None = None,
         header_timeout_s: float = HEADER_TIMEOUT_S,
     ) -> None:
         self.loop, self.handlers, self.header_timeout_s = loop, dict(handlers), header_timeout_s
+        self.actions = dict(actions or {})
         self.ids, self.date = RequestIds(), DateHeader()
         self.connections: set[asyncio.Transport] = set()  # the open ones, admitted under the cap
         self.closed = False
@@ -106,7 +112,7 @@ class _AdminProtocol(asyncio.Protocol):
         self._server = server
         self._parser = httptools.HttpRequestParser(self)
         self._timer: asyncio.TimerHandle | None = None
-        self._queue: deque[tuple[bytes, bytes, bytes | None, bool]] = deque()
+        self._queue: deque[tuple[bytes, bytes, bytes, bytes | None, bool]] = deque()
         self._ending = False  # parsing is over: answer the queue, then ``_end``, then close
         self._end: ErrorReply | None = None
         self._closing = False  # close() was called
@@ -178,8 +184,8 @@ class _AdminProtocol(asyncio.Protocol):
             raise _Stop(None)
         parser = self._parser
         close = not parser.should_keep_alive() or parser.get_http_version() != "1.1"
-        path = self._url.partition(b"?")[0]
-        self._queue.append((parser.get_method(), path, self._request_id, close))
+        path, _, query = self._url.partition(b"?")
+        self._queue.append((parser.get_method(), path, query, self._request_id, close))
         if close:
             raise _Stop(None)
 
@@ -217,17 +223,24 @@ class _AdminProtocol(asyncio.Protocol):
         elif answered:
             self._arm()
 
-    def _answer(self, method: bytes, path: bytes, rid: bytes | None, close: bool) -> list[bytes]:
+    def _answer(
+        self, method: bytes, path: bytes, query: bytes, rid: bytes | None, close: bool
+    ) -> list[bytes]:
         server = self._server
         request_id, date = server.ids.accept_or_new(rid), server.date.get()
         head_only = method == b"HEAD"
-        if not head_only and method != b"GET":
+        action = server.actions.get(path) if method == b"POST" else None
+        if action is None and not head_only and method != b"GET":
             return _NOT_ALLOWED.render(request_id, date, close)
         handler = server.handlers.get(path)
-        if handler is None:
+        if action is None and handler is None:
             return _NO_ROUTE.render(request_id, date, close, head_only=head_only)
         try:
-            status, content_type, body = handler()
+            if action is not None:
+                status, content_type, body = action(query)
+            else:
+                assert handler is not None
+                status, content_type, body = handler()
             connection = CONNECTION_CLOSE if close else b""
             fields = (content_type, _NO_STORE, date, len(body), request_id, connection)
             head = status_line(status) + _HEAD % fields

@@ -9,7 +9,8 @@ What it owns
 Invariants
     * A reload's generation reuses a reservation whose address did not change (the port stays
       held across the swap) and makes a new health table, into which the old one's active
-      check verdicts and running breaker ejections are copied for the instances that stay.
+      check verdicts and running breaker ejections are copied for the instances that stay, and
+      a new ban board into which the bans still running are copied.
     * ``release(keep)`` frees what this generation holds and ``keep`` does not share; every
       generation is released exactly once (retired, failed, or at exit).
 """
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from fastgw.listen import reserve_port
 from fastgw.routing.health_table import HealthTable, create_health_fd
+from fastgw.security.bans import BanBoard, create_ban_fd
 
 if TYPE_CHECKING:
     from fastgw.config import Config
@@ -42,6 +44,7 @@ def _admin_address(config: Config) -> tuple[str, int] | None:
 class Generation:
     __slots__ = (
         "admin",
+        "bans_fd",
         "config",
         "failures",
         "health_fd",
@@ -60,6 +63,7 @@ class Generation:
         *,
         admin: socket.socket | None = None,
         health_fd: int = -1,
+        bans_fd: int = -1,
     ) -> None:
         self.number = number
         self.config = config
@@ -67,6 +71,7 @@ class Generation:
         self.admin = admin
         self.size = size
         self.health_fd = health_fd
+        self.bans_fd = bans_fd
         self.failures = [0] * size  # per slot: deaths since it was last stable (back-off)
         self.respawn_at: dict[int, float] = {}  # slot -> monotonic time of its next fork
 
@@ -82,7 +87,9 @@ class Generation:
             listener.close()
             raise
         fd = create_health_fd(len(config.routing.metald_instances), size)
-        return cls(1, config, listener, size, admin=admin, health_fd=fd)
+        return cls(
+            1, config, listener, size, admin=admin, health_fd=fd, bans_fd=create_ban_fd(size)
+        )
 
     def successor(self, config: Config, size: int) -> Generation:
         """The generation a reload boots; raises ``BootError`` if a new port is taken."""
@@ -104,13 +111,30 @@ class Generation:
         except BaseException:
             self._release_new(listener, admin)
             raise
+        bans_fd = -1
         try:
             self._carry_over(fd, config)
+            bans_fd = create_ban_fd(size)
+            self._carry_bans(bans_fd)
         except BaseException:
             os.close(fd)
+            if bans_fd >= 0:
+                os.close(bans_fd)
             self._release_new(listener, admin)
             raise
-        return Generation(self.number + 1, config, listener, size, admin=admin, health_fd=fd)
+        return Generation(
+            self.number + 1, config, listener, size, admin=admin, health_fd=fd, bans_fd=bans_fd
+        )
+
+    def _carry_bans(self, fd: int) -> None:
+        if self.bans_fd < 0:
+            return
+        source, target = BanBoard(self.bans_fd), BanBoard(fd)
+        try:
+            target.carry_over(source, time.monotonic_ns() // 1000)
+        finally:
+            source.close()
+            target.close()
 
     def _release_new(self, listener: socket.socket, admin: socket.socket | None) -> None:
         """Close the reservations a failed ``successor`` made (not the ones it reused)."""
@@ -161,3 +185,6 @@ class Generation:
         if self.health_fd >= 0:
             os.close(self.health_fd)
             self.health_fd = -1
+        if self.bans_fd >= 0:
+            os.close(self.bans_fd)
+            self.bans_fd = -1

@@ -23,6 +23,7 @@ from fastgw.router import Router
 from fastgw.routing.breaker import BreakerSettings
 from fastgw.routing.health import HealthView
 from fastgw.routing.strategies import Instance, PoolBalancer
+from fastgw.security.bans import Bans
 from fastgw.security.ipset import ClientAddress, IpRules, IpSet
 from fastgw.stages.cors import Cors, cors_routes
 from fastgw.stages.forward import Backends, Forward
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from fastgw.http.pool import UpstreamPool
     from fastgw.pipeline import Step
     from fastgw.routing.health_table import HealthTable
+    from fastgw.security.bans import BanBoard
 
 HEALTH_METHODS: Final = frozenset({b"GET", b"HEAD"})
 MAX_CACHED_BAD_REQUESTS: Final = 64
@@ -70,6 +72,7 @@ class Plan:
         "auth",
         "backend_view",
         "backends",
+        "bans",
         "client_address",
         "common_headers",
         "compression",
@@ -93,6 +96,7 @@ class Plan:
         *,
         health_table: HealthTable | None = None,
         slot: int = 0,
+        ban_board: BanBoard | None = None,
     ) -> None:
         server = config.gateway.server
         self.settings = Settings(
@@ -123,6 +127,10 @@ class Plan:
         security = config.gateway.security
         self.ip_rules = IpRules(security.ip_allow, security.ip_deny)
         self.client_address = ClientAddress(IpSet(security.trusted_proxies))
+        ban = security.auto_ban
+        self.bans = (
+            Bans(ban_board, slot, ban.threshold, ban.window_s, ban.ban_s) if ban.enabled else None
+        )
         self.pools = pools
         self.health = self._health_view(config, health_table, slot)
         self.backends = self._backends(config)

@@ -15,7 +15,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Final
 
-from fastgw.admin import AdminServer
+from fastgw.admin import Action, AdminServer, Handler
 from fastgw.http.downstream import DownstreamProtocol
 from fastgw.limits import HEALTH_CHECK_TIMEOUT_S, HEALTH_REFRESH_INTERVAL_S
 from fastgw.listen import bind_listener
@@ -23,6 +23,7 @@ from fastgw.plan import Plan, make_pools
 from fastgw.routing.admin_view import UpstreamsReport
 from fastgw.routing.health import ActiveChecks
 from fastgw.routing.health_table import HealthTable, create_health_fd
+from fastgw.security.bans import BanBoard, BansReport, create_ban_fd
 from fastgw.tls import listen_options
 from fastgw.worker_context import WorkerContext
 
@@ -47,6 +48,7 @@ class GatewayServer:
         limits_fd: int = -1,
         *,
         health_fd: int = -1,
+        bans_fd: int = -1,
         slot: int = 0,
         admin_sock: socket.socket | None = None,
     ) -> None:
@@ -54,6 +56,8 @@ class GatewayServer:
         self._workers = workers
         self._limits_fd = limits_fd  # the master's shared limit table; -1: make one
         self._health_fd = health_fd
+        self._bans_fd = bans_fd
+        self._board: BanBoard | None = None
         self._slot = slot
         self._admin_sock = admin_sock
         self._server: asyncio.Server | None = None
@@ -88,8 +92,15 @@ class GatewayServer:
             ctx.tls_handshakes = {}
         pools = make_pools(self._config, loop, ctx.read_buffer)
         self._table = table = self._open_health_table()
+        self._board = board = self._open_ban_board()
         ctx.plan = Plan(
-            self._config, pools, self._workers, self._limits_fd, health_table=table, slot=self._slot
+            self._config,
+            pools,
+            self._workers,
+            self._limits_fd,
+            health_table=table,
+            slot=self._slot,
+            ban_board=board,
         )
         self._ctx = ctx
         server = self._config.gateway.server
@@ -123,6 +134,17 @@ class GatewayServer:
         self._schedule_reap()
         self._refresher = loop.call_later(HEALTH_REFRESH_INTERVAL_S, self._refresh)
 
+    def _open_ban_board(self) -> BanBoard | None:
+        if not self._config.gateway.security.auto_ban.enabled:
+            return None
+        if self._bans_fd >= 0:
+            return BanBoard(self._bans_fd)
+        fd = create_ban_fd(1)  # a gateway in one process: its own board
+        try:
+            return BanBoard(fd)
+        finally:
+            os.close(fd)
+
     def _open_health_table(self) -> HealthTable:
         if self._health_fd >= 0:
             return HealthTable(self._health_fd)
@@ -140,7 +162,13 @@ class GatewayServer:
         sock = self._admin_sock
         if sock is None:
             sock = bind_listener(metrics.host or self._config.gateway.server.host, metrics.port)
-        admin = AdminServer(loop, {b"/admin/upstreams": UpstreamsReport(self._config, table)})
+        handlers: dict[bytes, Handler] = {b"/admin/upstreams": UpstreamsReport(self._config, table)}
+        actions: dict[bytes, Action] = {}
+        bans = self.context.plan.bans
+        if bans is not None:
+            handlers[b"/admin/bans"] = BansReport(bans)
+            actions[b"/admin/bans/lift"] = BansReport(bans).lift
+        admin = AdminServer(loop, handlers, actions=actions)
         await admin.start(sock)
         self._admin = admin
 
@@ -164,6 +192,8 @@ class GatewayServer:
         try:
             now_s = time.monotonic()
             ctx.plan.health.refresh(now_s)
+            if ctx.plan.bans is not None:
+                ctx.plan.bans.refresh(int(now_s * 1_000_000))
             ctx.plan.backends.budget.rotate(now_s)
         except Exception:  # a bug here must not stop the refreshes for good: log, go on
             if not self._refresh_failed:
@@ -261,3 +291,6 @@ class GatewayServer:
         if self._table is not None:
             self._table.close()
             self._table = None
+        if self._board is not None:
+            self._board.close()
+            self._board = None

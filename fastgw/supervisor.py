@@ -237,6 +237,7 @@ class Supervisor:
             self._limits_fd,
             slot=slot,
             health_fd=generation.health_fd,
+            bans_fd=generation.bans_fd,
             admin_port=generation.admin_port,
         )
         inherited = {self._wake_r, self._wake_w, *(c.fd for c in self._children.values())}
@@ -244,7 +245,7 @@ class Supervisor:
             if held is not None:
                 inherited |= held.fds()
                 if held is not generation:
-                    inherited.add(held.health_fd)  # another generation's table
+                    inherited |= {held.health_fd, held.bans_fd}  # another generation's tables
         child = WorkerProcess.fork(spec, generation.number, slot, sorted(inherited - {-1}))
         self._children[child.pid] = child
         log.info("spawned worker %d (generation %d, slot %d)", child.pid, generation.number, slot)

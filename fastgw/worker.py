@@ -101,6 +101,7 @@ class WorkerSpec:
     limits_fd: int = -1  # the instance's shared rate-limit table (inherited); -1: make one
     slot: int = 0  # this worker's place in its generation (slot 0 runs the health checks)
     health_fd: int = -1  # the generation's shared health table (inherited); -1: make one
+    bans_fd: int = -1  # the generation's ban board (inherited); -1: make one if bans are on
     admin_port: int = 0  # the metrics port to bind (the master reserved it); 0: metrics off
 
 
@@ -153,6 +154,7 @@ class Worker:
                 spec.workers,
                 spec.limits_fd,
                 health_fd=spec.health_fd,
+                bans_fd=spec.bans_fd,
                 slot=spec.slot,
                 admin_sock=admin,
             )

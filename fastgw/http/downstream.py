@@ -21,6 +21,7 @@ Theory.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Final, cast
 
@@ -69,6 +70,7 @@ CHUNK_END: Final = b"0\r\n\r\n"
 CRLF: Final = b"\r\n"
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 TE_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
+BAN_STATUSES: Final = frozenset({401, 429})  # what gateway.security.auto_ban counts
 GZIP_HEADERS: Final = b"Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n"
 
 # Trailer fields that would change framing, routing or identity if anyone merged them.
@@ -96,6 +98,10 @@ FORBIDDEN_TRAILERS: Final = frozenset(
         b"x-forwarded-proto",
     }
 )
+
+
+def _now_us() -> int:
+    return time.monotonic_ns() // 1000  # one clock for every worker (bans are shared)
 
 
 class _AfterFinalRequest(Exception):
@@ -399,6 +405,9 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         elif self._blocked:
             ex.reply = plan.replies.ip_blocked  # answered in turn, never forwarded
             ex.keep_alive = False
+        bans = plan.bans
+        if bans is not None and bans.banned and bans.is_banned(ex.client, _now_us()):
+            ex.reply = plan.replies.ip_blocked
         ex.body_done = head.content_length <= 0 and not head.chunked
         if ex.body_done:
             self._deadline.clear()
@@ -508,6 +517,9 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         reply = ex.reply
         if reply is not None:
             ex.status = reply.status
+            bans = self._ctx.plan.bans
+            if bans is not None and reply.status in BAN_STATUSES:
+                bans.failure(ex.client, _now_us())
             transport.writelines(
                 reply.render(
                     ex.request_id,

@@ -12,26 +12,18 @@ import pytest
 
 from fastgw.config.gateway import CompressionConfig
 from fastgw.http.compress import Compression, GzipStream, accepts_gzip, field_value
-from tests.support.client import RawClient, Response, get
+from tests.support.client import RawClient, get, request_once
 from tests.support.gateway import running, uvloop_test
 
 ON: dict[str, Any] = {"gateway": {"server": {"compression": {"enabled": True, "min_size": 0}}}}
 GZIP = {"Accept-Encoding": "gzip, deflate"}
 
 
-async def fetch(port: int, data: bytes) -> Response:
-    client = await RawClient.connect(port)
-    try:
-        return await client.request(data)
-    finally:
-        await client.close()
-
-
 @uvloop_test
 async def test_a_json_answer_is_gzipped_for_a_client_that_accepts_it() -> None:
     async with running(extra=ON) as gw:
-        plain = await fetch(gw.port, get("/echo/x"))
-        packed = await fetch(gw.port, get("/echo/x", headers=GZIP))
+        plain = await request_once(gw.port, get("/echo/x"))
+        packed = await request_once(gw.port, get("/echo/x", headers=GZIP))
         assert plain.header("content-encoding") is None
         assert packed.status == 200 and packed.chunked
         assert packed.header("content-encoding") == b"gzip"
@@ -50,7 +42,7 @@ async def test_a_json_answer_is_gzipped_for_a_client_that_accepts_it() -> None:
 async def test_no_gzip_unless_the_client_accepts_it(accept: str | None) -> None:
     headers = {} if accept is None else {"Accept-Encoding": accept}
     async with running(extra=ON) as gw:
-        response = await fetch(gw.port, get("/echo/x", headers=headers))
+        response = await request_once(gw.port, get("/echo/x", headers=headers))
         assert response.status == 200 and response.header("content-encoding") is None
         assert orjson.loads(response.body)["path"] == "/echo/x"
 
@@ -58,14 +50,14 @@ async def test_no_gzip_unless_the_client_accepts_it(accept: str | None) -> None:
 @uvloop_test
 async def test_off_by_default_small_bodies_and_other_types_are_left_alone() -> None:
     async with running() as gw:  # compression off (the default)
-        response = await fetch(gw.port, get("/echo/x", headers=GZIP))
+        response = await request_once(gw.port, get("/echo/x", headers=GZIP))
         assert response.header("content-encoding") is None
     big_minimum = {"gateway": {"server": {"compression": {"enabled": True, "min_size": "1MiB"}}}}
     async with running(extra=big_minimum) as gw:
-        response = await fetch(gw.port, get("/echo/x", headers=GZIP))
+        response = await request_once(gw.port, get("/echo/x", headers=GZIP))
         assert response.header("content-encoding") is None  # Content-Length under min_size
     async with running(extra=ON) as gw:
-        response = await fetch(gw.port, get("/stream/3", headers=GZIP))  # octet-stream
+        response = await request_once(gw.port, get("/stream/3", headers=GZIP))  # octet-stream
         assert response.header("content-encoding") is None
         assert response.body == b"0" * 16 + b"1" * 16 + b"2" * 16
 
@@ -80,6 +72,7 @@ async def test_a_streamed_response_keeps_streaming_compressed() -> None:
             await client.send(get("/stream/3?chunk=1000&interval_ms=400", headers=GZIP))
             # the first chunk arrives, compressed and flushed, long before the last one
             decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
             def first_chunk_in(raw: bytes) -> bool:
                 _, _, body = raw.partition(b"\r\n\r\n")
                 size, _, rest = body.partition(b"\r\n")

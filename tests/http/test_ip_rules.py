@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from tests.support.client import RawClient, Response, assert_error, get
+from tests.support.client import RawClient, Response, assert_error, get, request_once
 from tests.support.gateway import running, uvloop_test
 
 
@@ -39,12 +39,12 @@ async def test_a_denied_peer_gets_403_and_nothing_is_forwarded() -> None:
 @uvloop_test
 async def test_an_allow_list_admits_only_its_ranges() -> None:
     async with running(extra=security(ip_allow=["10.0.0.0/8", "::1/128"])) as gw:
-        assert_error(await _one(gw.port, get("/echo/x")), 403, "ip_blocked")
+        assert_error(await request_once(gw.port, get("/echo/x")), 403, "ip_blocked")
     async with running(extra=security(ip_allow=["127.0.0.1"], ip_deny=["10.0.0.0/8"])) as gw:
-        assert (await _one(gw.port, get("/echo/x"))).status == 200
+        assert (await request_once(gw.port, get("/echo/x"))).status == 200
     # deny wins over allow
     async with running(extra=security(ip_allow=["127.0.0.0/8"], ip_deny=["127.0.0.1"])) as gw:
-        assert_error(await _one(gw.port, get("/echo/x")), 403, "ip_blocked")
+        assert_error(await request_once(gw.port, get("/echo/x")), 403, "ip_blocked")
 
 
 @uvloop_test
@@ -70,14 +70,8 @@ async def test_a_trusted_proxys_requests_are_decided_for_the_client_it_names() -
 @uvloop_test
 async def test_an_untrusted_peers_forwarded_for_is_never_believed() -> None:
     async with running(extra=security(ip_deny=["203.0.113.0/24"])) as gw:
-        response = await _one(gw.port, get("/echo/x", headers={"X-Forwarded-For": "10.9.9.9"}))
+        response = await request_once(
+            gw.port, get("/echo/x", headers={"X-Forwarded-For": "10.9.9.9"})
+        )
         assert response.status == 200
         assert forwarded_for(response) == "127.0.0.1"  # the client's claim was dropped
-
-
-async def _one(port: int, data: bytes) -> Response:
-    client = await RawClient.connect(port)
-    try:
-        return await client.request(data)
-    finally:
-        await client.close()

@@ -27,7 +27,7 @@ from fastgw.mock.vms import Instance
 from fastgw.routing import retry
 from fastgw.routing.breaker import CLOSED, OPEN
 from fastgw.stages.forward import Forward
-from tests.support.client import RawClient, Response, assert_error, get, post
+from tests.support.client import RawClient, Response, assert_error, get, post, request_once
 from tests.support.gateway import ECHO_ROUTES, Running, eventually, running, uvloop_test
 
 ROUTES: list[dict[str, Any]] = [
@@ -95,17 +95,9 @@ def fail(mock: Any, status: int) -> None:
     mock.behaviour.fail_rate = 1.0
 
 
-async def request(port: int, data: bytes) -> Response:
-    client = await RawClient.connect(port)
-    try:
-        return await client.request(data)
-    finally:
-        await client.close()
-
-
 async def upstreams(gw: Running) -> dict[str, Any]:
     """``GET /admin/upstreams`` on the metrics port, parsed."""
-    response = await request(gw.gateway.admin_port, get("/admin/upstreams"))
+    response = await request_once(gw.gateway.admin_port, get("/admin/upstreams"))
     assert response.status == 200, response.body
     body = response.json()
     assert isinstance(body, dict)
@@ -191,7 +183,9 @@ async def test_connect_failure_fails_over_for_post_too() -> None:
 async def test_503_is_retried_on_the_other_instance_for_idempotent_methods(method: str) -> None:
     async with running(backends=2, extra=config()) as gw:
         fail(gw.backends[0], 503)
-        reply = await request(gw.port, f"{method} /echo/i HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+        reply = await request_once(
+            gw.port, f"{method} /echo/i HTTP/1.1\r\nHost: gw\r\n\r\n".encode()
+        )
         assert_echoed(reply, b"m1", method, b"")
         assert counts(gw) == [1, 1]
         assert gw.gateway.context.plan.backends.retries == 1
@@ -202,7 +196,7 @@ async def test_503_is_retried_on_the_other_instance_for_idempotent_methods(metho
 async def test_502_is_retried_too() -> None:
     async with running(backends=2, extra=config()) as gw:
         fail(gw.backends[0], 502)
-        assert_echoed(await request(gw.port, get("/echo/g")), b"m1", "GET", b"")
+        assert_echoed(await request_once(gw.port, get("/echo/g")), b"m1", "GET", b"")
         assert counts(gw) == [1, 1]
 
 
@@ -210,7 +204,7 @@ async def test_502_is_retried_too() -> None:
 async def test_503_to_a_post_on_a_plain_route_is_relayed() -> None:
     async with running(backends=2, extra=config()) as gw:
         fail(gw.backends[0], 503)
-        reply = await request(gw.port, post("/echo/p", b"once only"))
+        reply = await request_once(gw.port, post("/echo/p", b"once only"))
         assert_mock_error(reply, 503, b"m0")
         assert counts(gw) == [1, 0]
         assert gw.gateway.context.plan.backends.retries == 0
@@ -278,7 +272,7 @@ async def test_a_body_over_the_replay_limit_is_not_retried(size: int, retried: b
     body = os.urandom(size)
     async with running(backends=2, extra=config()) as gw:
         fail(gw.backends[0], 503)
-        reply = await request(gw.port, post("/echo/retry/big", body))
+        reply = await request_once(gw.port, post("/echo/retry/big", body))
         if retried:
             assert_echoed(reply, b"m1", "POST", body)
             assert counts(gw) == [1, 1]
@@ -362,7 +356,7 @@ async def test_retry_attempts_bound_the_tries() -> None:
     async with running(backends=3, extra=config({"retry_attempts": 2})) as gw:
         for mock in gw.backends:
             fail(mock, 503)
-        reply = await request(gw.port, get("/echo/x"))
+        reply = await request_once(gw.port, get("/echo/x"))
         assert_mock_error(reply, 503, b"m2")  # the last try's answer is relayed
         assert counts(gw) == [1, 1, 1]
         assert gw.gateway.context.plan.backends.retries == 2
@@ -375,7 +369,7 @@ async def test_the_retry_waits_the_back_off(
     calls = fixed_backoff(monkeypatch, 0.25)
     async with running(backends=2, extra=config({"retry_backoff": "200ms"})) as gw:
         fail(gw.backends[0], 503)
-        assert_echoed(await request(gw.port, get("/echo/x")), b"m1", "GET", b"")
+        assert_echoed(await request_once(gw.port, get("/echo/x")), b"m1", "GET", b"")
         assert calls == [(0.2, 1)]
         assert [name for name, _ in arrivals] == ["m0", "m1"]
         gap = arrivals[1][1] - arrivals[0][1]
@@ -512,7 +506,7 @@ async def test_a_probe_whose_client_left_frees_its_slot() -> None:
         mock = gw.backends[0]
         health = gw.gateway.context.plan.health
         fail(mock, 500)
-        assert_mock_error(await request(gw.port, get("/echo/a")), 500, b"m0")
+        assert_mock_error(await request_once(gw.port, get("/echo/a")), 500, b"m0")
         await eventually(lambda: health.usable[0] == 1)
         mock.behaviour.fail_rate = 0.0
         mock.behaviour.delay_ms = 2000
@@ -524,7 +518,7 @@ async def test_a_probe_whose_client_left_frees_its_slot() -> None:
         # the next refresh (100 ms) gives the abandoned probe's slot back, not probe_timeout_s
         await eventually(lambda: health.breakers[0].probes_in_flight == 0, timeout_s=1.0)
         mock.behaviour.delay_ms = 0
-        reply = await request(gw.port, get("/echo/next"))
+        reply = await request_once(gw.port, get("/echo/next"))
         assert reply.status == 200, reply.body  # a new probe, which closes the circuit
         assert health.breakers[0].state == CLOSED
 
@@ -739,7 +733,7 @@ async def test_the_last_connect_timing_out_is_a_504() -> None:
         }
         async with running(backends=0, dead_ports=[port], extra=extra) as gw:
             started = time.monotonic()
-            response = await request(gw.port, get("/echo/x"))
+            response = await request_once(gw.port, get("/echo/x"))
             assert_error(response, 504, "upstream_timeout")
             assert 0.15 < time.monotonic() - started < 2.0
     finally:
@@ -773,5 +767,5 @@ async def test_failover_goes_past_the_cut_consistent_hash_order_to_the_whole_poo
         health = gw.gateway.context.plan.health
         await eventually(lambda: health.reachable() == 1)  # every dead port is marked down
         token = {"Authorization": f"Bearer dev_customer_{customer.decode()}"}
-        response = await request(gw.port, get("/echo/private/x", headers=token))
+        response = await request_once(gw.port, get("/echo/private/x", headers=token))
         assert response.status == 200 and instance_of(response) == b"m0"

@@ -189,3 +189,12 @@ def assert_error(response: Response, status: int, code: str) -> None:
     request_id = response.header("x-request-id")
     assert request_id is not None
     assert body["error"]["request_id"] == request_id.decode()
+
+
+async def request_once(port: int, data: bytes) -> Response:
+    """One request on a fresh connection, closed after its answer."""
+    client = await RawClient.connect(port)
+    try:
+        return await client.request(data)
+    finally:
+        await client.close()
