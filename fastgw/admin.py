@@ -3,7 +3,8 @@ Prometheus path), served by every worker on its own SO_REUSEPORT socket, bound b
 
 Not the main port's ``DownstreamProtocol``, because trust and traffic differ: nothing here is
 authenticated, rate limited or forwarded, and an operator or a scraper calls now and then, so
-simplicity wins over speed: one small protocol, one synchronous handler per exact path. It faces
+simplicity wins over speed: one small protocol, one synchronous handler per exact path (GET
+and HEAD), and actions (``POST <path>?<query>`` without a body, e.g. lifting a ban). It faces
 the network all the same, so it is strict and bounded (constants below). A body is refused, so
 the stream is a run of heads, each ending at its first CRLFCRLF, measured raw *before* parsing.
 Errors are the gateway's JSON errors, never a traceback. Requests are answered in order.
