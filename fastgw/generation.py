@@ -20,25 +20,37 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
-from fastgw.listen import reserve_port
+from fastgw.listen import admin_address, reserve_port
 from fastgw.routing.health_table import HealthTable, create_health_fd
 from fastgw.security.bans import BanBoard, create_ban_fd
 
 if TYPE_CHECKING:
     from fastgw.config import Config
 
+M = TypeVar("M", HealthTable, BanBoard)  # a shared file carried over on reload
+
+
+def _now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+def _carry(
+    open_file: Callable[[int], M], old_fd: int, new_fd: int, carry: Callable[[M, M], None]
+) -> None:
+    """Map the old generation's shared file and the new one's, ``carry(old, new)``, unmap."""
+    old, new = open_file(old_fd), open_file(new_fd)
+    try:
+        carry(old, new)
+    finally:
+        old.close()
+        new.close()
+
 
 def _instances(config: Config) -> list[tuple[str, int]]:
     return [(i.host.lower(), i.port) for i in config.routing.metald_instances]
-
-
-def _admin_address(config: Config) -> tuple[str, int] | None:
-    metrics = config.gateway.observability.metrics
-    if not metrics.enabled:
-        return None
-    return (metrics.host or config.gateway.server.host, metrics.port)
 
 
 class Generation:
@@ -81,7 +93,7 @@ class Generation:
         server = config.gateway.server
         listener = reserve_port(server.host, server.port)
         try:
-            admin_at = _admin_address(config)
+            admin_at = admin_address(config)
             admin = reserve_port(*admin_at) if admin_at is not None else None
         except BaseException:
             listener.close()
@@ -98,43 +110,26 @@ class Generation:
         if (server.host, server.port) != (was.host, was.port):
             listener = reserve_port(server.host, server.port)
         admin = self.admin
-        admin_at = _admin_address(config)
-        if admin_at != _admin_address(self.config) or admin_at is None:
-            try:
+        admin_at = admin_address(config)
+        made: list[int] = []  # the new generation's files, closed if it cannot be made
+        try:
+            if admin_at != admin_address(self.config) or admin_at is None:
                 admin = reserve_port(*admin_at) if admin_at is not None else None
-            except BaseException:
-                if listener is not self.listener:
-                    listener.close()
-                raise
-        try:
-            fd = create_health_fd(len(config.routing.metald_instances), size)
+            made.append(create_health_fd(len(config.routing.metald_instances), size))
+            self._carry_checks(made[0], config)
+            made.append(create_ban_fd(size))
+            if self.bans_fd >= 0:
+                _carry(
+                    BanBoard, self.bans_fd, made[1], lambda old, new: new.carry_over(old, _now_us())
+                )
         except BaseException:
-            self._release_new(listener, admin)
-            raise
-        bans_fd = -1
-        try:
-            self._carry_over(fd, config)
-            bans_fd = create_ban_fd(size)
-            self._carry_bans(bans_fd)
-        except BaseException:
-            os.close(fd)
-            if bans_fd >= 0:
-                os.close(bans_fd)
+            for fd in made:
+                os.close(fd)
             self._release_new(listener, admin)
             raise
         return Generation(
-            self.number + 1, config, listener, size, admin=admin, health_fd=fd, bans_fd=bans_fd
+            self.number + 1, config, listener, size, admin=admin, health_fd=made[0], bans_fd=made[1]
         )
-
-    def _carry_bans(self, fd: int) -> None:
-        if self.bans_fd < 0:
-            return
-        source, target = BanBoard(self.bans_fd), BanBoard(fd)
-        try:
-            target.carry_over(source, time.monotonic_ns() // 1000)
-        finally:
-            source.close()
-            target.close()
 
     def _release_new(self, listener: socket.socket, admin: socket.socket | None) -> None:
         """Close the reservations a failed ``successor`` made (not the ones it reused)."""
@@ -143,21 +138,20 @@ class Generation:
         if admin is not None and admin is not self.admin:
             admin.close()
 
-    def _carry_over(self, fd: int, config: Config) -> None:
+    def _carry_checks(self, fd: int, config: Config) -> None:
         old_index = {address: i for i, address in enumerate(_instances(self.config))}
         mapping = [
             (old_index[address], new)
             for new, address in enumerate(_instances(config))
             if address in old_index
         ]
-        if not mapping or self.health_fd < 0:
-            return
-        source, target = HealthTable(self.health_fd), HealthTable(fd)
-        try:
-            target.carry_over(source, mapping, int(time.monotonic() * 1_000_000))
-        finally:
-            source.close()
-            target.close()
+        if mapping and self.health_fd >= 0:
+            _carry(
+                HealthTable,
+                self.health_fd,
+                fd,
+                lambda old, new: new.carry_over(old, mapping, _now_us()),
+            )
 
     @property
     def address(self) -> tuple[str, int]:

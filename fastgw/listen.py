@@ -7,15 +7,27 @@ that does not listen receives no connections."""
 from __future__ import annotations
 
 import socket
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from fastgw.errors import BootError
+
+if TYPE_CHECKING:
+    from fastgw.config import Config
 
 BACKLOG: Final = 2048
 
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def admin_address(config: Config) -> tuple[str, int] | None:
+    """Where the metrics and admin port listens: ``gateway.observability.metrics.host`` (or
+    the server's host) and its configured port; None when metrics are off."""
+    metrics = config.gateway.observability.metrics
+    if not metrics.enabled:
+        return None
+    return (metrics.host or config.gateway.server.host, metrics.port)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

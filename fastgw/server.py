@@ -13,12 +13,13 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from fastgw.admin import Action, AdminServer, Handler
 from fastgw.http.downstream import DownstreamProtocol
 from fastgw.limits import HEALTH_CHECK_TIMEOUT_S, HEALTH_REFRESH_INTERVAL_S
-from fastgw.listen import bind_listener
+from fastgw.listen import admin_address, bind_listener
 from fastgw.plan import Plan, make_pools
 from fastgw.routing.admin_view import UpstreamsReport
 from fastgw.routing.health import ActiveChecks
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastgw.server")
 
 REAP_INTERVAL_S: Final = 5.0
+T = TypeVar("T")
 
 
 class GatewayServer:
@@ -130,6 +132,9 @@ class GatewayServer:
                 self._admin_sock.close()  # closing twice is harmless
             table.close()
             self._table = None
+            if board is not None:
+                board.close()
+                self._board = None
             raise
         self._schedule_reap()
         self._refresher = loop.call_later(HEALTH_REFRESH_INTERVAL_S, self._refresh)
@@ -137,37 +142,24 @@ class GatewayServer:
     def _open_ban_board(self) -> BanBoard | None:
         if not self._config.gateway.security.auto_ban.enabled:
             return None
-        if self._bans_fd >= 0:
-            return BanBoard(self._bans_fd)
-        fd = create_ban_fd(1)  # a gateway in one process: its own board
-        try:
-            return BanBoard(fd)
-        finally:
-            os.close(fd)
+        return _mapped(self._bans_fd, lambda: create_ban_fd(1), BanBoard)
 
     def _open_health_table(self) -> HealthTable:
-        if self._health_fd >= 0:
-            return HealthTable(self._health_fd)
-        # A gateway in one process (tests, a one-worker demo): its own table.
-        fd = create_health_fd(len(self._config.routing.metald_instances), 1)
-        try:
-            return HealthTable(fd)
-        finally:
-            os.close(fd)  # the mapping keeps the memory
+        instances = len(self._config.routing.metald_instances)
+        return _mapped(self._health_fd, lambda: create_health_fd(instances, 1), HealthTable)
 
     async def _start_admin(self, loop: asyncio.AbstractEventLoop, table: HealthTable) -> None:
-        metrics = self._config.gateway.observability.metrics
-        if not metrics.enabled:
+        address = admin_address(self._config)
+        if address is None:
             return
-        sock = self._admin_sock
-        if sock is None:
-            sock = bind_listener(metrics.host or self._config.gateway.server.host, metrics.port)
+        sock = self._admin_sock if self._admin_sock is not None else bind_listener(*address)
         handlers: dict[bytes, Handler] = {b"/admin/upstreams": UpstreamsReport(self._config, table)}
         actions: dict[bytes, Action] = {}
         bans = self.context.plan.bans
         if bans is not None:
-            handlers[b"/admin/bans"] = BansReport(bans)
-            actions[b"/admin/bans/lift"] = BansReport(bans).lift
+            report = BansReport(bans)
+            handlers[b"/admin/bans"] = report
+            actions[b"/admin/bans/lift"] = report.lift
         admin = AdminServer(loop, handlers, actions=actions)
         await admin.start(sock)
         self._admin = admin
@@ -294,3 +286,16 @@ class GatewayServer:
         if self._board is not None:
             self._board.close()
             self._board = None
+
+
+def _mapped(fd: int, make: Callable[[], int], open_file: Callable[[int], T]) -> T:
+    """``open_file(fd)``: this process's mapping of a file the master shares with its workers;
+    a gateway run in one process (``fd`` -1: tests, a one-worker demo) makes its own with
+    ``make`` (the mapping keeps the memory once that fd is closed)."""
+    if fd >= 0:
+        return open_file(fd)
+    own = make()
+    try:
+        return open_file(own)
+    finally:
+        os.close(own)

@@ -54,7 +54,7 @@ import uvloop
 
 from fastgw.errors import BootError
 from fastgw.limits import HEARTBEAT_INTERVAL_S
-from fastgw.listen import bind_listener
+from fastgw.listen import admin_address, bind_listener
 from fastgw.server import GatewayServer
 
 if TYPE_CHECKING:
@@ -147,8 +147,8 @@ class Worker:
         sock: socket.socket | None = None
         try:
             sock = bind_listener(spec.host, spec.port)
-            admin_host = spec.config.gateway.observability.metrics.host or spec.host
-            admin = bind_listener(admin_host, spec.admin_port) if spec.admin_port else None
+            at = admin_address(spec.config)
+            admin = bind_listener(at[0], spec.admin_port) if at and spec.admin_port else None
             server = GatewayServer(
                 spec.config,
                 spec.workers,

@@ -36,6 +36,7 @@ from tests.integration.conftest import (
     subprocess_env,
     wait_until,
 )
+from tests.support.blocking_client import NoResponse, http_request
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -114,10 +115,6 @@ def config_yaml(port: int, backend_port: int, site: Site) -> str:
 # -- a blocking TLS client --------------------------------------------------------------------
 
 
-class NoResponse(Exception):
-    """The connection ended before a single byte of the response arrived."""
-
-
 def connect(port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
     raw = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT_S)
     try:
@@ -128,40 +125,6 @@ def connect(port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
         raise
 
 
-def request(sock: ssl.SSLSocket, path: str) -> tuple[int, dict[str, str], bytes]:
-    """One GET on an open connection: status, headers and body."""
-    try:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-    except (BrokenPipeError, ConnectionResetError, ssl.SSLError) as error:
-        raise NoResponse(f"send: {error}") from None
-    data = b""
-    while b"\r\n\r\n" not in data:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, ssl.SSLError) as error:
-            if not data:
-                raise NoResponse(f"recv: {error}") from None
-            raise
-        if not chunk:
-            if not data:
-                raise NoResponse("EOF")
-            raise ConnectionError(f"EOF inside the response head: {data!r}")
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, value = line.split(":", 1)
-        headers[name.strip().lower()] = value.strip()
-    size = int(headers["content-length"])
-    while len(body) < size:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("EOF inside the response body")
-        body += chunk
-    return int(status_line.split()[1]), headers, body[:size]
-
-
 def gets_cert(port: int, context: ssl.SSLContext, der: bytes) -> bool:
     return served_cert(port, context) == der
 
@@ -170,9 +133,9 @@ def served_cert(port: int, context: ssl.SSLContext) -> bytes:
     """The DER certificate a new connection gets (and that it serves a request)."""
     with connect(port, context) as sock:
         der = sock.getpeercert(binary_form=True)
-        status, headers, _ = request(sock, "/echo/which")
-        assert status == 200, status
-        assert headers["strict-transport-security"].startswith("max-age=")
+        reply = http_request(sock, "GET", "/echo/which")
+        assert reply.status == 200, reply.status
+        assert reply.headers["strict-transport-security"].startswith("max-age=")
         assert der is not None
         return der
 
@@ -209,7 +172,7 @@ def load_loop(
             if sock is None:
                 sock = fresh()
             try:
-                status, headers, body = request(sock, "/echo/load")
+                reply = http_request(sock, "GET", "/echo/load")
             except NoResponse:
                 if not reused:
                     raise
@@ -219,16 +182,16 @@ def load_loop(
                     load.stale_retries += 1
                 reused = False
                 sock = fresh()
-                status, headers, body = request(sock, "/echo/load")
+                reply = http_request(sock, "GET", "/echo/load")
             with load.lock:
                 load.sent += 1
-                if status == 200:
+                if reply.status == 200:
                     load.ok += 1
                 else:
                     load.failures.append(
-                        f"{'reused' if reused else 'new'}: {status} {body[:100]!r}"
+                        f"{'reused' if reused else 'new'}: {reply.status} {reply.body[:100]!r}"
                     )
-            if not keep_alive or headers.get("connection", "").lower() == "close":
+            if not keep_alive or not reply.keep_alive:
                 sock.close()
                 sock = None
         except Exception as error:
