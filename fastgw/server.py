@@ -24,6 +24,7 @@ from fastgw.plan import Plan, make_pools
 from fastgw.routing.admin_view import UpstreamsReport
 from fastgw.routing.health import ActiveChecks
 from fastgw.routing.health_table import HealthTable, create_health_fd
+from fastgw.security.ban_sync import BanSync
 from fastgw.security.bans import BanBoard, BansReport, create_ban_fd
 from fastgw.tls import listen_options
 from fastgw.worker_context import WorkerContext
@@ -70,6 +71,7 @@ class GatewayServer:
         self._table: HealthTable | None = None
         self._checks: ActiveChecks | None = None
         self._admin: AdminServer | None = None
+        self._ban_sync: BanSync | None = None
 
     @property
     def admin_port(self) -> int:
@@ -112,6 +114,7 @@ class GatewayServer:
             await self._start_admin(loop, table)
             if self._slot == 0:
                 self._start_checks(loop, table)
+                self._start_ban_sync(board)
             if sock is None:
                 self._server = await loop.create_server(
                     lambda: DownstreamProtocol(ctx),
@@ -178,6 +181,13 @@ class GatewayServer:
         )
         self._checks.start()
 
+    def _start_ban_sync(self, board: BanBoard | None) -> None:
+        """Bans shared between gateway instances: one syncer per instance, in slot 0."""
+        limiting = self._config.gateway.rate_limiting
+        if board is not None and limiting.backend == "redis":
+            self._ban_sync = BanSync(board, limiting.redis)
+            self._ban_sync.start()
+
     def _refresh(self) -> None:
         ctx = self._ctx
         assert ctx is not None
@@ -201,6 +211,9 @@ class GatewayServer:
         if self._checks is not None:
             await self._checks.aclose()
             self._checks = None
+        if self._ban_sync is not None:
+            await self._ban_sync.aclose()
+            self._ban_sync = None
         await self._stop_admin()
 
     async def _stop_admin(self) -> None:

@@ -3,22 +3,26 @@
 
 What it owns
     * ``BanBoard``: the generation's shared-memory board of ban events (a memfd the master
-      makes, like the health table). Each worker slot owns a ring of events in its own
-      section, so every cell has one writer and no lock exists; a change count per section
-      tells readers what to re-read.
+      makes, like the health table). It has one section per worker slot plus one *shared*
+      section (the last) for bans that came from elsewhere: other gateway instances through
+      Redis (``fastgw.security.ban_sync``, written by worker slot 0) and the previous
+      generation (written by the master at a reload, before the workers start). Each section
+      is a ring of events with one writer, so no lock exists; a count of events written per
+      section tells readers what is new.
     * ``Bans``: one worker's view. It counts its own clients' failures, bans, publishes the ban
-      on the board, and merges the other workers' events at its refresh (every 100 ms), so a
-      ban reaches every worker of the gateway instance within that. A lift (``POST
-      /admin/bans/lift?ip=...`` on the metrics port) is an event too: for each address the
-      latest event wins.
+      in its section, and at its refresh (every 100 ms) applies the events the other sections
+      gained since it last read them, so a ban reaches every worker of the gateway instance
+      within that. A lift (``POST /admin/bans/lift?ip=...`` on the metrics port) is an event
+      too (``until`` 0); events are applied in the order of their times.
 
 Invariants
     * Counting is per worker (a client spread over N workers can earn up to N x threshold
       failures before its ban); the ban itself is instance-wide.
     * Memory is bounded: at most ``MAX_TRACKED_CLIENTS`` addresses counted per worker (the
       map is emptied when full, which forgives, never bans wrongly), ``threshold`` timestamps
-      each, and ``RING`` events per worker slot on the board (an older event is overwritten;
-      the ban it carried is still held in every view that merged it).
+      each, and ``RING`` events per section. A view that falls more than ``RING`` events
+      behind one section between two refreshes (``RING`` bans in 100 ms from one worker)
+      misses the oldest of them; what it applied stays applied until it expires.
     * An address longer than ``MAX_ADDRESS_BYTES`` (never a real IP) is not counted.
 """
 
@@ -36,15 +40,18 @@ import orjson
 from fastgw.security.ipset import format_address, parse_address
 
 MAGIC: Final = 0x6667_6261  # "fgba"
-VERSION: Final = 1
+VERSION: Final = 2
 RING: Final = 512
-"""Ban events kept per worker slot on the board."""
+"""Ban events kept per section of the board."""
 MAX_ADDRESS_BYTES: Final = 48
 MAX_TRACKED_CLIENTS: Final = 100_000
 
 _HEADER: Final = 4  # magic, version, slots, ring
-_SECTION_HEAD: Final = 2  # changes, events written
+_SECTION_HEAD: Final = 2  # events written (by the owner), events pushed to Redis (by slot 0)
 _EVENT: Final = 3 + MAX_ADDRESS_BYTES // 8  # at_us, until_us, length, address bytes
+
+Event = tuple[int, int, bytes]
+"""``(at_us, until_us, address)``: a ban until ``until_us``, or a lift when it is 0."""
 
 
 def _section_cells() -> int:
@@ -52,9 +59,10 @@ def _section_cells() -> int:
 
 
 def create_ban_fd(slots: int) -> int:
+    """A board for ``slots`` workers (plus the shared section)."""
     fd = os.memfd_create("fastgw-bans", os.MFD_CLOEXEC)
     try:
-        os.ftruncate(fd, (_HEADER + slots * _section_cells()) * 8)
+        os.ftruncate(fd, (_HEADER + (slots + 1) * _section_cells()) * 8)
         with mmap.mmap(fd, 0) as mm:
             cells = memoryview(mm).cast("q")
             cells[0], cells[1], cells[2], cells[3] = MAGIC, VERSION, slots, RING
@@ -66,7 +74,9 @@ def create_ban_fd(slots: int) -> int:
 
 
 class BanBoard:
-    __slots__ = ("_cells", "_mm", "_raw", "slots")
+    """``slots`` worker sections, then the shared one (index ``shared``)."""
+
+    __slots__ = ("_cells", "_mm", "_raw", "shared", "slots")
 
     def __init__(self, fd: int) -> None:
         self._mm = mmap.mmap(fd, 0)
@@ -78,60 +88,85 @@ class BanBoard:
         self._cells = cells
         self._raw = memoryview(self._mm)
         self.slots = int(cells[2])
+        self.shared = self.slots
 
     def close(self) -> None:
         self._raw.release()
         self._cells.release()
         self._mm.close()
 
-    def _section(self, slot: int) -> int:
-        return _HEADER + slot * _section_cells()
+    @property
+    def sections(self) -> int:
+        return self.slots + 1
 
-    def publish(self, slot: int, address: bytes, at_us: int, until_us: int) -> None:
-        """Write one event (a ban until ``until_us``, or a lift: ``until_us`` 0)."""
+    def _head(self, section: int) -> int:
+        return _HEADER + section * _section_cells()
+
+    def publish(self, section: int, address: bytes, at_us: int, until_us: int) -> None:
+        """Write one event (a ban until ``until_us``, or a lift: ``until_us`` 0). Only the
+        section's owner calls this."""
         cells = self._cells
-        head = self._section(slot)
-        written = int(cells[head + 1])
+        head = self._head(section)
+        written = int(cells[head])
         at = head + _SECTION_HEAD + (written % RING) * _EVENT
         cells[at], cells[at + 1], cells[at + 2] = at_us, until_us, len(address)
         start = (at + 3) * 8
         self._raw[start : start + len(address)] = address
-        cells[head + 1] = written + 1
-        cells[head] += 1
+        cells[head] = written + 1  # last: a reader never sees the count before the event
 
-    def changes(self) -> int:
+    def written(self, section: int) -> int:
+        """Events ever written to ``section`` (a reader's cursor counts the same way)."""
+        return int(self._cells[self._head(section)])
+
+    def pushed(self, section: int) -> int:
+        """How far the Redis sync has pushed ``section``'s events: kept on the board so that a
+        respawned slot 0 goes on from there instead of pushing old events again."""
+        return int(self._cells[self._head(section) + 1])
+
+    def set_pushed(self, section: int, cursor: int) -> None:
+        self._cells[self._head(section) + 1] = cursor
+
+    def read(self, section: int, cursor: int) -> tuple[int, list[Event]]:
+        """The events ``section`` gained since ``cursor`` (at most the last ``RING``), and the
+        new cursor."""
         cells = self._cells
-        return sum(int(cells[self._section(slot)]) for slot in range(self.slots))
+        head = self._head(section)
+        written = int(cells[head])
+        out = []
+        for n in range(max(cursor, written - RING), written):
+            at = head + _SECTION_HEAD + (n % RING) * _EVENT
+            length = int(cells[at + 2])
+            start = (at + 3) * 8
+            address = bytes(self._raw[start : start + length])
+            out.append((int(cells[at]), int(cells[at + 1]), address))
+        return written, out
 
-    def events(self) -> list[tuple[int, int, bytes]]:
-        """Every event on the board: ``(at_us, until_us, address)``."""
-        cells, out = self._cells, []
-        for slot in range(self.slots):
-            head = self._section(slot)
-            for n in range(min(int(cells[head + 1]), RING)):
-                at = head + _SECTION_HEAD + n * _EVENT
-                length = int(cells[at + 2])
-                start = (at + 3) * 8
-                out.append(
-                    (int(cells[at]), int(cells[at + 1]), bytes(self._raw[start : start + length]))
-                )
-        return out
+    def events(self) -> list[Event]:
+        """Every event the board still holds, of every section."""
+        return [event for s in range(self.sections) for event in self.read(s, 0)[1]]
 
     def carry_over(self, source: BanBoard, now_us: int) -> None:
-        """Before a new generation's workers start: the bans still running, into slot 0."""
-        latest: dict[bytes, tuple[int, int]] = {}
-        for at, until, address in source.events():
-            if address not in latest or at > latest[address][0]:
-                latest[address] = (at, until)
-        for address, (at, until) in latest.items():
-            if until > now_us:
-                self.publish(0, address, at, until)
+        """Before a new generation's workers start: the bans still running, into the shared
+        section (they were already shared with other instances, if sharing is on)."""
+        for address, until in running_bans(source.events(), now_us).items():
+            self.publish(self.shared, address, now_us, until)
+
+
+def running_bans(events: list[Event], now_us: int) -> dict[bytes, int]:
+    """address -> until for the bans in force once ``events`` are applied in time order."""
+    banned: dict[bytes, int] = {}
+    for _, until, address in sorted(events, key=lambda event: event[0]):
+        if until > now_us:
+            banned[address] = until
+        else:
+            banned.pop(address, None)
+    return banned
 
 
 class Bans:
     """One worker's bans (see the module docstring). Times are monotonic microseconds."""
 
-    __slots__ = ("_ban_us", "_board", "_changes_seen", "_failures", "_slot", "_threshold",
+    __slots__ = ("_ban_us", "_board", "_cursors", "_failures", "_slot", "_threshold",
                  "_window_us", "banned", "count")  # fmt: skip
 
     def __init__(
@@ -143,7 +178,8 @@ class Bans:
         self._window_us = int(window_s * 1_000_000)
         self._ban_us = int(ban_s * 1_000_000)
         self._failures: dict[bytes, deque[int]] = {}
-        self._changes_seen = -1
+        # Where this view has read each other section to (its own: never read back).
+        self._cursors = [0] * (board.sections if board is not None else 0)
         self.banned: dict[bytes, int] = {}  # address -> until_us
         self.count = 0  # bans this worker decided
 
@@ -186,19 +222,24 @@ class Bans:
         return was
 
     def refresh(self, now_us: int) -> None:
-        """Merge the board's events when it changed (every worker's bans and lifts)."""
+        """Apply the events the other sections gained since the last refresh, in time order."""
         board = self._board
         if board is None:
             return
-        changes = board.changes()
-        if changes == self._changes_seen:
+        new: list[Event] = []
+        for section in range(board.sections):
+            if section != self._slot and board.written(section) != self._cursors[section]:
+                self._cursors[section], events = board.read(section, self._cursors[section])
+                new += events
+        if not new:
             return
-        self._changes_seen = changes
-        latest: dict[bytes, tuple[int, int]] = {}
-        for at, until, address in board.events():
-            if address not in latest or at >= latest[address][0]:
-                latest[address] = (at, until)
-        self.banned = {a: until for a, (_, until) in latest.items() if until > now_us}
+        banned = self.banned
+        for _, until, address in sorted(new, key=lambda event: event[0]):
+            if until > now_us:
+                banned[address] = until
+            else:
+                banned.pop(address, None)
+                self._failures.pop(address, None)
 
     def listing(self, now_us: int) -> list[dict[str, object]]:
         return [

@@ -57,12 +57,32 @@ def test_a_ban_reaches_the_other_workers_and_a_lift_too() -> None:
 
 
 def test_the_ring_keeps_the_latest_events_and_views_keep_what_they_merged() -> None:
-    with board(1) as shared:
+    with board(2) as shared:
         bans = Bans(shared, 0, threshold=1, window_s=1, ban_s=100)
+        follower = Bans(shared, 1, threshold=1, window_s=1, ban_s=100)
+        laggard = Bans(shared, 1, threshold=1, window_s=1, ban_s=100)
         for n in range(RING + 5):
             bans.failure(b"10.1.%d.%d" % divmod(n, 250), n)
+            if n % 100 == 0:
+                follower.refresh(n)
+        follower.refresh(RING + 5)
+        laggard.refresh(RING + 5)
         assert len(shared.events()) == RING
         assert len(bans.banned) == RING + 5  # this worker's own view keeps every ban
+        assert len(follower.banned) == RING + 5  # and so does one that refreshes in time
+        assert len(laggard.banned) == RING  # one further behind than the ring misses the oldest
+
+
+def test_events_apply_in_time_order_and_the_shared_section_counts() -> None:
+    with board(2) as shared:
+        view = Bans(shared, 0, threshold=1, window_s=1, ban_s=100)
+        shared.publish(1, b"10.0.0.5", 3 * S, 0)  # a lift, written first but later in time
+        shared.publish(shared.shared, b"10.0.0.5", 2 * S, 50 * S)  # a ban from elsewhere
+        shared.publish(shared.shared, b"10.0.0.6", 2 * S, 50 * S)
+        view.refresh(4 * S)
+        assert set(view.banned) == {b"10.0.0.6"}
+        view.refresh(5 * S)  # nothing new: nothing changes
+        assert set(view.banned) == {b"10.0.0.6"}
 
 
 def test_carry_over_keeps_running_bans_only() -> None:
