@@ -1,15 +1,15 @@
 """Build fastgw's optional Cython kernels; everything else is declared in pyproject.toml.
 
 What it owns
-    The three extension modules ``fastgw._speedups.{headers,hashring,bucket}_c``. Each is the
-    kernel's pure-Python spec compiled a second time: ``<name>_c.py`` is a symlink to
+    The four extension modules ``fastgw._speedups.{headers,hashring,bucket,counters}_c``. Each
+    is the kernel's pure-Python spec compiled a second time: ``<name>_c.py`` is a symlink to
     ``<name>_py.py`` and ``<name>_c.pxd`` beside it adds the C types (aiohttp's
     ``reader_py.py`` + ``reader_c.pxd`` scheme, STYLE principle 3).
 
 Fallback (aiohttp's choice, ARCHITECTURE "questions" 4)
     When the C build fails (no compiler, no Python headers, no Cython), the install still
     succeeds without extensions, prints a loud warning, and ``fastgw._speedups.IMPLEMENTATION``
-    is ``"py"`` at run time. All three modules or none: a failed build also deletes the ones
+    is ``"py"`` at run time. All four modules or none: a failed build also deletes the ones
     that did build, so no partial (or stale, for ``--inplace``) set is left to be loaded.
     ``FASTGW_REQUIRE_EXTENSIONS=1`` (CI's compiled leg) makes any failure fatal instead.
 
@@ -40,7 +40,7 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 SPEEDUPS = Path("fastgw", "_speedups")
-KERNELS = ("headers", "hashring", "bucket")
+KERNELS = ("headers", "hashring", "bucket", "counters")
 DIRECTIVES = {
     "language_level": 3,
     "boundscheck": False,

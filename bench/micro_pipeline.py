@@ -5,7 +5,8 @@ A request is fed to a real ``DownstreamProtocol``; the forward stage finds a poo
 it; the client transport records the answer. What is left is exactly the Python and Cython
 work of the proxy path (parsing, kernels, stages, re-serialization, bookkeeping): the figure
 to optimise, free of syscall and scheduler noise. Run: ``python -m bench.micro_pipeline``
-(``--profile`` prints the top functions).
+(``--profile`` prints the top functions; ``--metrics off`` turns
+``gateway.observability.metrics`` off, to measure what counting costs per request).
 
 ``Harness`` (the two connections around a real plan) and ``RecordingTransport`` are shared
 with ``bench/micro_chain.py``, which runs several request shapes through the same objects.
@@ -143,8 +144,16 @@ def in_loop(fn: Callable[[], T]) -> T:
     return uvloop.run(call())
 
 
-async def measure(requests: int, profile: bool) -> float:
-    harness = Harness()
+def pipeline_config(metrics: bool = True) -> Mapping[str, Any]:
+    """``PIPELINE_CONFIG``, with the per-request metrics on (the default) or off."""
+    if metrics:
+        return PIPELINE_CONFIG
+    gateway = {**PIPELINE_CONFIG["gateway"], "observability": {"metrics": {"enabled": False}}}
+    return {**PIPELINE_CONFIG, "gateway": gateway}
+
+
+async def measure(requests: int, profile: bool, metrics: bool = True) -> float:
+    harness = Harness(pipeline_config(metrics))
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()
@@ -163,11 +172,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--metrics", choices=("on", "off"), default="on")
     args = parser.parse_args()
     from fastgw import _speedups
 
-    us = uvloop.run(measure(args.requests, args.profile))
-    print(f"{us:.2f} CPU-µs per proxied request (speedups={_speedups.IMPLEMENTATION})")
+    us = uvloop.run(measure(args.requests, args.profile, args.metrics == "on"))
+    print(
+        f"{us:.2f} CPU-µs per proxied request (speedups={_speedups.IMPLEMENTATION}, "
+        f"metrics={args.metrics})"
+    )
 
 
 if __name__ == "__main__":

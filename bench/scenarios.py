@@ -350,6 +350,65 @@ def start_redis(services: Services, workdir: Path) -> Started:
                    config_args={"redis_address": f"unix://{socket}"})
 
 
+OTLP_READY_S: Final = 10.0  # the OTLP sink must say it listens within this after its start
+OTLP_IO_TIMEOUT_S: Final = 5.0  # one GET /stats of the bench's own
+FULL_SAMPLE_RATE: Final = 0.1
+
+
+def full_config(backend_ports: list[int], port: int, *, public_key_file: str,
+                redis_address: str, otlp_endpoint: str) -> dict[str, Any]:
+    """redis-limits in front of the scenario's 3 instances (consistent hash, the default
+    strategy), with the Prometheus endpoint on (any free port) and tracing sampled at
+    ``FULL_SAMPLE_RATE``, exported to the run's OTLP sink."""
+    config = redis_limits_config(backend_ports, port, public_key_file=public_key_file,
+                                 redis_address=redis_address)
+    config["gateway"]["observability"].update({
+        "metrics": {"enabled": True, "port": 0},
+        "tracing": {"enabled": True, "endpoint": otlp_endpoint,
+                    "sample_rate": FULL_SAMPLE_RATE},
+    })
+    return config
+
+
+def otlp_counters(port: int) -> dict[str, float]:
+    """The sink's counts so far: ``posts`` (export requests) and ``bytes`` (their bodies)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/stats",
+                                    timeout=OTLP_IO_TIMEOUT_S) as answer:
+            stats = json.loads(answer.read())
+    except OSError as error:
+        raise BenchError(f"otlp sink: cannot read /stats on port {port}: {error}") from None
+    return {"posts": stats["posts"], "bytes": stats["bytes"]}
+
+
+def start_otlp_sink(services: Services, workdir: Path) -> Started:
+    """``bench/otlp_sink.py`` for one run, on a free loopback port, measured as the helper
+    group ``otlp`` (its CPU is never the gateway's)."""
+    import sys
+
+    from bench.otlp_sink import READY_PATTERN
+
+    service = Service(name="otlp", argv=[sys.executable, "-m", "bench.otlp_sink", "--host", HOST,
+                                         "--port", "0"],
+                      log_path=workdir / "logs" / "otlp.log", ready_pattern=READY_PATTERN)
+    match = services.start(service, OTLP_READY_S)
+    assert match is not None, "a ready_pattern always gives a match"
+    port = int(match.group(1))
+    return Started(helpers=(Helper("otlp", service, functools.partial(otlp_counters, port)),),
+                   config_args={"otlp_endpoint": f"http://{HOST}:{port}/v1/traces"})
+
+
+def start_full(services: Services, workdir: Path) -> Started:
+    """The full scenario's helpers: a Redis (start_redis) and an OTLP sink (start_otlp_sink)."""
+    redis = start_redis(services, workdir)
+    sink = start_otlp_sink(services, workdir)
+    return Started(helpers=redis.helpers + sink.helpers,
+                   config_args={**redis.config_args, **sink.config_args})
+
+
 SCENARIOS: Final = {
     s.name: s for s in (
         Scenario("passthrough", "the proxy path alone (no auth, no limits) vs nginx and "
@@ -375,7 +434,8 @@ SCENARIOS: Final = {
         Scenario("full", "JWT + Redis limits + consistent hash over 3 instances + metrics + "
                  "tracing sampled at 10%", backends=3,
                  requires=("proxy", "jwt", "redis-limits", "consistent-hash", "metrics",
-                           "tracing")),
+                           "tracing"),
+                 gateway_config=full_config, setup=jwt_setup, start=start_full),
         Scenario("idle-10k", "10,000 open keep-alive connections: memory, and latency of "
                  "active traffic beside them", requires=("proxy",), shape="idle",
                  path="/echo/idle", gateway_config=idle_config),

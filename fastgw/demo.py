@@ -92,7 +92,11 @@ def demo_config(
             },
             "rate_limiting": {"backend": "memory"},
             "routing": {"backend_timeout": "10s", "retry_attempts": 2},
-            "observability": {"metrics": {"enabled": True, "port": admin_port}},
+            "observability": {
+                "metrics": {"enabled": True, "port": admin_port},
+                # Someone reads this terminal: text lines, not JSON (on stderr, as always).
+                "logging": {"format": "text"},
+            },
         },
         "routing": {
             "strategy": "round_robin",

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from fastgw.http.compress import GzipStream
     from fastgw.http.downstream import DownstreamProtocol
     from fastgw.http.upstream import UpstreamProtocol
+    from fastgw.obs.tracing import TraceRecord
     from fastgw.plan import RoutePlan
     from fastgw.replies import ErrorReply
 
@@ -106,6 +107,8 @@ class Exchange:
         "status",
         "step",
         "target",
+        "trace",
+        "trace_headers",
         "upstream",
     )
 
@@ -167,6 +170,10 @@ class Exchange:
         self.gzip_wanted = False
         self.compressor: GzipStream | None = None
         self.close_after = False
+        # Tracing (fastgw/obs/tracing.py): the trace header line(s) its backend gets, and the
+        # record of a sampled request (None: not sampled, nothing is timed).
+        self.trace_headers = b""
+        self.trace: TraceRecord | None = None
 
     def move(self, new_state: int) -> None:
         if DEBUG and (self.state, new_state) not in NEXT_STATE:
@@ -190,4 +197,6 @@ class Exchange:
             if self.state == ABORTED:
                 return  # the client left while we waited: nothing to continue
             raise AssertionError(f"resume() in state {STATE_NAMES[self.state]}")
+        if self.trace is not None:
+            self.trace.on_resume(self)  # a timed stage that PAUSEd ends here
         self.conn.run_exchange(self)

@@ -20,6 +20,8 @@ AVAILABLE: Final = frozenset(
         "memory-limits",  # every rate-limit level, shared by the workers (backend: memory)
         "redis-limits",  # the same levels in Redis (Lua, one round trip, Cluster, on_failure)
         "consistent-hash",  # routing.strategy consistent_hash (pools, failover, health, breakers)
+        "metrics",  # Prometheus text on the metrics port, summed over workers (obs/metrics*)
+        "tracing",  # W3C traceparent propagation, sampled spans over OTLP/HTTP (obs/tracing*)
     }
 )
 

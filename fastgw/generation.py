@@ -4,7 +4,10 @@ What it owns
     * ``listener``: the main port's reservation (bound, never listening: see ``listen.py``);
     * ``admin``: the metrics port's reservation, when metrics are enabled;
     * ``health_fd``: the generation's shared health table (``routing/health_table.py``), sized
-      for its instance list and worker count.
+      for its instance list and worker count;
+    * ``metrics_fd``: the generation's metrics board (``obs/metrics_board.py``) when metrics
+      are on; made here, then owned by the supervisor's ``BoardKeeper`` (it outlives the
+      generation's release: its totals are carried over once its workers have exited).
 
 Invariants
     * A reload's generation reuses a reservation whose address did not change (the port stays
@@ -24,6 +27,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from fastgw.listen import admin_address, reserve_port
+from fastgw.obs.metrics import Layout
+from fastgw.obs.metrics_board import create_metrics_fd
 from fastgw.routing.health_table import HealthTable, create_health_fd
 from fastgw.security.bans import BanBoard, create_ban_fd
 
@@ -49,6 +54,13 @@ def _carry(
         new.close()
 
 
+def _metrics_fd(config: Config, size: int) -> int:
+    """A new metrics board for ``config`` and ``size`` workers; -1 when metrics are off."""
+    if not config.gateway.observability.metrics.enabled:
+        return -1
+    return create_metrics_fd(Layout.from_config(config), size)
+
+
 def _instances(config: Config) -> list[tuple[str, int]]:
     return [(i.host.lower(), i.port) for i in config.routing.metald_instances]
 
@@ -61,6 +73,7 @@ class Generation:
         "failures",
         "health_fd",
         "listener",
+        "metrics_fd",
         "number",
         "respawn_at",
         "size",
@@ -76,6 +89,7 @@ class Generation:
         admin: socket.socket | None = None,
         health_fd: int = -1,
         bans_fd: int = -1,
+        metrics_fd: int = -1,
     ) -> None:
         self.number = number
         self.config = config
@@ -84,6 +98,7 @@ class Generation:
         self.size = size
         self.health_fd = health_fd
         self.bans_fd = bans_fd
+        self.metrics_fd = metrics_fd
         self.failures = [0] * size  # per slot: deaths since it was last stable (back-off)
         self.respawn_at: dict[int, float] = {}  # slot -> monotonic time of its next fork
 
@@ -100,8 +115,9 @@ class Generation:
             raise
         fd = create_health_fd(len(config.routing.metald_instances), size)
         return cls(
-            1, config, listener, size, admin=admin, health_fd=fd, bans_fd=create_ban_fd(size)
-        )
+            1, config, listener, size, admin=admin, health_fd=fd, bans_fd=create_ban_fd(size),
+            metrics_fd=_metrics_fd(config, size),
+        )  # fmt: skip
 
     def successor(self, config: Config, size: int) -> Generation:
         """The generation a reload boots; raises ``BootError`` if a new port is taken."""
@@ -122,14 +138,17 @@ class Generation:
                 _carry(
                     BanBoard, self.bans_fd, made[1], lambda old, new: new.carry_over(old, _now_us())
                 )
+            made.append(_metrics_fd(config, size))  # totals carried later (BoardKeeper.fold)
         except BaseException:
             for fd in made:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             self._release_new(listener, admin)
             raise
         return Generation(
-            self.number + 1, config, listener, size, admin=admin, health_fd=made[0], bans_fd=made[1]
-        )
+            self.number + 1, config, listener, size, admin=admin, health_fd=made[0],
+            bans_fd=made[1], metrics_fd=made[2],
+        )  # fmt: skip
 
     def _release_new(self, listener: socket.socket, admin: socket.socket | None) -> None:
         """Close the reservations a failed ``successor`` made (not the ones it reused)."""

@@ -139,3 +139,61 @@ requests until the client reconnects in the background)."""
 MAX_CACHED_ROUTES: Final = 65_536
 """Customers whose consistent-hash failover order a worker keeps per candidate group (emptied
 when full and refilled by the next requests): a small tuple each."""
+
+# Logging and health probes (fastgw/obs, docs/observability.md).
+
+LOG_REOPEN_CHECK_INTERVAL_S: Final = 1.0
+"""A file log output is checked for rotation (its path names another file, or none) at most this
+often, before a write, in every process: lines written meanwhile go to the renamed file."""
+
+LOG_WRITE_BLOCKED_WAIT_S: Final = 1.0
+"""Longest wait for a log output that refuses writes (a non-blocking stdio pipe that is full);
+after it the line is dropped rather than the process stalled."""
+
+ACCESS_LOG_MAX_PENDING_LINES: Final = 16_384
+"""Access-log lines a worker holds for its writer thread; beyond it lines are dropped and
+counted (a warning says how many), so a stalled output never grows the worker's memory."""
+
+ACCESS_LOG_FLUSH_INTERVAL_S: Final = 0.05
+"""How often the access-log writer thread writes what the event loop queued (one write(2) per
+batch): the delay of a line, and the wake-ups of an idle worker (20 per second)."""
+
+ACCESS_LOG_STOP_TIMEOUT_S: Final = 2.0
+"""How long closing the access log waits for its writer thread to write the last lines."""
+
+REDIS_PROBE_INTERVAL_S: Final = 1.0
+"""Between two PINGs of a worker's Redis probe (/health/detailed, /ready): the staleness of what
+they report, and all the traffic a load balancer polling them causes in Redis."""
+
+LOOP_LAG_INTERVAL_S: Final = 1.0
+"""Between two measurements of how late the event loop runs a timer (/health/detailed)."""
+
+LOOP_LAG_DEGRADED_S: Final = 0.1
+"""A timer run this late means the loop is overloaded or blocked: http_server is degraded."""
+
+# Tracing (fastgw/obs/tracing*.py, otlp.py; docs/observability.md "Tracing").
+
+TRACE_QUEUE_SPANS: Final = 4096
+"""Finished spans a worker holds for its export thread (the SDK batch processor's queue, about
+1 KB each). A traced request whose spans do not all fit is dropped whole and counted: an
+unreachable or slow collector costs memory up to this bound, never time on the request path."""
+
+TRACE_BATCH_SPANS: Final = 512
+"""Spans per OTLP/HTTP POST; the export thread also wakes as soon as this many are queued."""
+
+TRACE_SCHEDULE_DELAY_S: Final = 1.0
+"""Longest a finished span waits in the queue before the export thread sends what it has."""
+
+TRACE_EXPORT_TIMEOUT_S: Final = 10.0
+"""Longest one batch's export may take, retries and back-off included (on the export thread)."""
+
+TRACE_FLUSH_TIMEOUT_S: Final = 2.0
+"""At worker exit, how long the spans still queued may take to reach the collector (one try
+each, no retry); the rest are lost. Bounds how much tracing adds to a drain."""
+
+TRACE_LOG_INTERVAL_S: Final = 60.0
+"""Export failures are logged at most once per this interval per worker, with a count."""
+
+UPSTREAM_ERROR_LOG_INTERVAL_S: Final = 1.0
+"""At most one "upstream failed" line per worker per this interval; the next one says how many
+were held back (fastgw/obs/logging_errors.py)."""

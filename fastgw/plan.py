@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Final
 from fastgw.auth.service import AuthService
 from fastgw.http.compress import Compression
 from fastgw.limits import MIN_FAILOVER_DEPTH
+from fastgw.obs.health_probes import HealthProbes
+from fastgw.obs.metrics import Layout, request_metrics
+from fastgw.obs.tracing import Tracing
 from fastgw.ratelimit.service import LimitService
 from fastgw.replies import ErrorReply, ReplyTable
 from fastgw.router import Router
@@ -34,6 +37,7 @@ from fastgw.tls import check_tls, hsts_field
 
 if TYPE_CHECKING:
     from fastgw.config import Config
+    from fastgw.exchange import Exchange
     from fastgw.http.pool import UpstreamPool
     from fastgw.pipeline import Step
     from fastgw.routing.health_table import HealthTable
@@ -64,6 +68,10 @@ class RoutePlan:
     endpoint: str
     methods: frozenset[bytes] | None
     steps: tuple[Step, ...]
+    # Called by the connection once routed, before the chain (fastgw/obs/tracing.py): the
+    # trace decision and headers; a sampled request then runs a traced twin of this route.
+    # None on routes that do not forward (nothing to propagate).
+    begin_trace: Callable[[Exchange], None] | None = None
 
 
 class Plan:
@@ -80,11 +88,14 @@ class Plan:
         "health",
         "ip_rules",
         "limits",
+        "metrics",
         "pools",
+        "probes",
         "replies",
         "router",
         "settings",
         "strip_request_fields",
+        "tracing",
     )
 
     def __init__(
@@ -132,11 +143,21 @@ class Plan:
             Bans(ban_board, slot, ban.threshold, ban.window_s, ban.ban_s) if ban.enabled else None
         )
         self.pools = pools
+        # This worker's request and upstream counters (None: metrics off, nothing counted).
+        self.metrics = (
+            request_metrics(Layout.from_config(config))
+            if config.gateway.observability.metrics.enabled
+            else None
+        )
         self.health = self._health_view(config, health_table, slot)
         self.backends = self._backends(config)
         self.backend_view = BackendView(self.health)
         self.auth = AuthService(config, self.replies)
         self.limits = LimitService(config, self.replies, workers=workers, table_fd=limits_fd)
+        # Loop lag and Redis, for /health/detailed and /ready (timers start with the server).
+        self.probes = HealthProbes(self.limits, self.auth.revocations)
+        # Trace decisions and propagation; spans are exported once the server starts them.
+        self.tracing = Tracing(config)
         self.router = self._build_router(config)
 
     def _build_router(self, config: Config) -> Router[RoutePlan]:
@@ -146,7 +167,10 @@ class Plan:
         if keys is not None:
             checks.append(("jwt_keys", lambda: len(keys.ring) > 0))
         limits_ready = self.limits.readiness
-        if limits_ready is not None:
+        redis_probe = self.probes.redis
+        if limits_ready is not None and redis_probe is not None:
+            checks.append(("redis", lambda: limits_ready() and redis_probe.usable))
+        elif limits_ready is not None:
             checks.append(("redis", limits_ready))
         ready = Ready(self.backend_view, checks)
         exact: list[tuple[bytes, RoutePlan]] = [
@@ -157,7 +181,9 @@ class Plan:
             (
                 b"/health/detailed",
                 RoutePlan(
-                    "health", HEALTH_METHODS, (DetailedHealth(self.backend_view).on_request,)
+                    "health",
+                    HEALTH_METHODS,
+                    (DetailedHealth(self.backend_view, self.probes).on_request,),
                 ),
             ),
             (b"/ready", RoutePlan("health", HEALTH_METHODS, (ready.on_request,))),
@@ -202,6 +228,10 @@ class Plan:
         cors = Cors.from_config(config.gateway.security.cors, self.replies.no_route)
         if cors is not None:
             exact, prefixes = cors_routes(cors, exact, prefixes)
+        # Last, so that the traced twins hold every step (CORS included).
+        traced = self.tracing.route
+        exact = [(path, traced(route)) for path, route in exact]
+        prefixes = [(path, traced(route)) for path, route in prefixes]
         return Router(exact, prefixes)
 
     def _health_view(self, config: Config, table: HealthTable | None, slot: int) -> HealthView:
@@ -239,6 +269,7 @@ class Plan:
             retry_attempts=routing.retry_attempts,
             backoff_base_s=routing.retry_backoff_s,
             retry_budget=routing.retry_budget,
+            metrics=self.metrics,
         )
 
     def _balancer(self, config: Config) -> PoolBalancer:

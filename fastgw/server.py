@@ -14,12 +14,16 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar, cast
 
 from fastgw.admin import Action, AdminServer, Handler
 from fastgw.http.downstream import DownstreamProtocol
 from fastgw.limits import HEALTH_CHECK_TIMEOUT_S, HEALTH_REFRESH_INTERVAL_S
 from fastgw.listen import admin_address, bind_listener
+from fastgw.obs.logging_access import AccessLog
+from fastgw.obs.metrics import Layout
+from fastgw.obs.metrics_board import BoardReader, MetricsBoard, create_metrics_fd
+from fastgw.obs.metrics_export import MetricsExport
 from fastgw.plan import Plan, make_pools
 from fastgw.routing.admin_view import UpstreamsReport
 from fastgw.routing.health import ActiveChecks
@@ -42,7 +46,9 @@ class GatewayServer:
     """``health_fd``: the generation's shared health table (-1: make one for this process);
     ``slot``: this worker's place in it (slot 0 runs the active health checks);
     ``admin_sock``: a listening socket for the metrics port (None: bind the configured one
-    when metrics are enabled)."""
+    when metrics are enabled); ``metrics_fd``: the generation's metrics board (-1: make one
+    when metrics are on); ``metrics_chain``: older generations' boards not yet carried over
+    (a reload's draining predecessors: a scrape adds their numbers)."""
 
     def __init__(
         self,
@@ -54,6 +60,8 @@ class GatewayServer:
         bans_fd: int = -1,
         slot: int = 0,
         admin_sock: socket.socket | None = None,
+        metrics_fd: int = -1,
+        metrics_chain: tuple[int, ...] = (),
     ) -> None:
         self._config = config
         self._workers = workers
@@ -71,7 +79,11 @@ class GatewayServer:
         self._table: HealthTable | None = None
         self._checks: ActiveChecks | None = None
         self._admin: AdminServer | None = None
+        self._metrics_fd = metrics_fd
+        self._metrics_chain = metrics_chain
+        self._export: MetricsExport | None = None
         self._ban_sync: BanSync | None = None
+        self._access_log: AccessLog | None = None
 
     @property
     def admin_port(self) -> int:
@@ -109,8 +121,12 @@ class GatewayServer:
         self._ctx = ctx
         server = self._config.gateway.server
         try:
+            self._export = self._open_metrics(ctx, table)
             await ctx.plan.auth.start()
             await ctx.plan.limits.start()
+            ctx.plan.probes.start(loop)
+            ctx.plan.tracing.start("https" if server.tls.enabled else "http")  # its thread
+            self._start_access_log(ctx)
             await self._start_admin(loop, table)
             if self._slot == 0:
                 self._start_checks(loop, table)
@@ -130,6 +146,8 @@ class GatewayServer:
         except BaseException:
             await ctx.plan.auth.aclose()  # no background task outlives a failed start
             await ctx.plan.limits.aclose()
+            self._stop_probes_and_access_log(ctx)
+            await ctx.plan.tracing.aclose()
             await self._stop_health()
             if self._admin_sock is not None:
                 self._admin_sock.close()  # closing twice is harmless
@@ -138,6 +156,7 @@ class GatewayServer:
             if board is not None:
                 board.close()
                 self._board = None
+            self._close_metrics(final=False)
             raise
         self._schedule_reap()
         self._refresher = loop.call_later(HEALTH_REFRESH_INTERVAL_S, self._refresh)
@@ -146,6 +165,42 @@ class GatewayServer:
         if not self._config.gateway.security.auto_ban.enabled:
             return None
         return _mapped(self._bans_fd, lambda: create_ban_fd(1), BanBoard)
+
+    def _open_metrics(self, ctx: WorkerContext, table: HealthTable) -> MetricsExport | None:
+        if ctx.plan.metrics is None:
+            return None
+        layout = cast(Layout, ctx.plan.metrics.layout)
+        board = _mapped(self._metrics_fd, lambda: create_metrics_fd(layout, 1), MetricsBoard)
+        older: list[MetricsBoard] = []
+        try:
+            older.extend(MetricsBoard(fd) for fd in self._metrics_chain)
+            return MetricsExport(ctx, BoardReader(board, older), self._slot, table)
+        except BaseException:
+            for each in (board, *older):
+                each.close()
+            raise
+
+    def _close_metrics(self, *, final: bool) -> None:
+        """Publish the last numbers (``final``: after a start that served), unmap the boards."""
+        export, self._export = self._export, None
+        if export is None:
+            return
+        if final:
+            export.publish(time.monotonic_ns() // 1000, final=True)
+        export.close()
+
+    def _start_access_log(self, ctx: WorkerContext) -> None:
+        access = AccessLog.from_config(self._config, ctx.plan.health.labels, self._slot)
+        if access is not None:
+            access.start()  # its writer thread: in the worker, after fork
+        ctx.access_log = self._access_log = access
+
+    def _stop_probes_and_access_log(self, ctx: WorkerContext) -> None:
+        ctx.plan.probes.close()
+        access, self._access_log = self._access_log, None
+        ctx.access_log = None
+        if access is not None:
+            access.close()  # writes the last lines, joins the writer thread (bounded)
 
     def _open_health_table(self) -> HealthTable:
         instances = len(self._config.routing.metald_instances)
@@ -158,6 +213,9 @@ class GatewayServer:
         sock = self._admin_sock if self._admin_sock is not None else bind_listener(*address)
         handlers: dict[bytes, Handler] = {b"/admin/upstreams": UpstreamsReport(self._config, table)}
         actions: dict[bytes, Action] = {}
+        if self._export is not None:
+            path = self._config.gateway.observability.metrics.path.encode("utf-8")
+            handlers[path] = self._export
         bans = self.context.plan.bans
         if bans is not None:
             report = BansReport(bans)
@@ -197,6 +255,8 @@ class GatewayServer:
             if ctx.plan.bans is not None:
                 ctx.plan.bans.refresh(int(now_s * 1_000_000))
             ctx.plan.backends.budget.rotate(now_s)
+            if self._export is not None:
+                self._export.publish(int(now_s * 1_000_000))
         except Exception:  # a bug here must not stop the refreshes for good: log, go on
             if not self._refresh_failed:
                 log.exception("health refresh failed (logged once; refreshes go on)")
@@ -293,6 +353,9 @@ class GatewayServer:
             # before that would resume them and forward into the pools just closed.
             await asyncio.sleep(0)
             await ctx.plan.limits.aclose()
+            self._stop_probes_and_access_log(ctx)  # after the last exchange has ended
+            await ctx.plan.tracing.aclose()  # flushes the last spans (TRACE_FLUSH_TIMEOUT_S)
+        self._close_metrics(final=True)
         if self._table is not None:
             self._table.close()
             self._table = None

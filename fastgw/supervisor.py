@@ -48,6 +48,8 @@ from fastgw.config import ConfigError, load_config
 from fastgw.errors import BootError
 from fastgw.generation import Generation
 from fastgw.limits import HEARTBEAT_TIMEOUT_S, RESPAWN_BACKOFF_MAX_S
+from fastgw.obs.logging import LogOutputError, configure_logging
+from fastgw.obs.metrics_keeper import BoardKeeper
 from fastgw.plan import check_plan
 from fastgw.ratelimit.shared import create_table_fd, open_table
 from fastgw.worker import BOOT_ERROR_EXIT, BOOTING, READY, STOPPING, WorkerProcess, WorkerSpec
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("fastgw.supervisor")
+
+OUTPUT_KEY: Final = "$.gateway.observability.logging.output"
 
 # Bounds of the process model used only here (candidates for limits.py).
 WORKER_BOOT_TIMEOUT_S: Final = 30.0  # not ready this long after the fork: a boot error
@@ -88,16 +92,17 @@ def run_serve(
             file=sys.stderr,
         )
         return 2
-    if not logging.getLogger().handlers:  # plain text on stderr until obs/logging takes over
-        logging.basicConfig(
-            level=config.gateway.observability.logging.level.upper(),
-            stream=sys.stderr,
-            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-        )
+    try:  # before any fork, starting no thread: the workers inherit it (obs/logging.py)
+        configure_logging(config)
+    except LogOutputError as error:
+        print(f"{OUTPUT_KEY}: {error}", file=sys.stderr)
+        return 2
     if config.gateway.authentication.development.enabled:
+        # Worded without "Bearer <token>" so that the log redaction leaves it readable.
         log.warning(
-            "DEVELOPMENT TOKENS ARE ON: any 'Bearer %s<id>' is accepted as customer "
-            "<id> with every permission and no limits. Never run this in production.",
+            "DEVELOPMENT TOKENS ARE ON: any token '%s<id>' in the Authorization header is "
+            "accepted as customer <id> with every permission and no limits. Never run this "
+            "in production.",
             config.gateway.authentication.development.token_prefix,
         )
     server = config.gateway.server
@@ -154,6 +159,7 @@ class Supervisor:
         self._announced = False
         self._stopping = False
         self._exit_code = 0
+        self._metrics = BoardKeeper()  # generations' metrics boards, until carried over
         self._handlers = {
             signal.SIGHUP: self.handle_hup,
             signal.SIGTERM: self.handle_term,
@@ -168,6 +174,7 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         worker.enable_migrate_req()
         self._current = first
+        self._metrics.add(first.number, first.metrics_fd)
         _freeze()
         for slot in range(first.size):
             self._spawn(first, slot)
@@ -186,6 +193,7 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_DFL)
             for generation in {id(g): g for g in (first, self._current, self._next) if g}.values():
                 generation.release()
+            self._metrics.close_all()
             os.close(self._wake_r)
             os.close(self._wake_w)
         log.info("master %d exiting with code %d", os.getpid(), self._exit_code)
@@ -239,8 +247,11 @@ class Supervisor:
             health_fd=generation.health_fd,
             bans_fd=generation.bans_fd,
             admin_port=generation.admin_port,
+            metrics_fd=generation.metrics_fd,
+            metrics_chain=self._metrics.chain(generation.number),
         )
         inherited = {self._wake_r, self._wake_w, *(c.fd for c in self._children.values())}
+        inherited |= self._metrics.newer(generation.number)  # boards it must not see
         for held in (self._current, self._next):
             if held is not None:
                 inherited |= held.fds()
@@ -265,6 +276,21 @@ class Supervisor:
                 log.warning("worker %d died holding a rate-limit table lock; freed it", pid)
             if child is not None:
                 self._on_exit(child, status)
+                self._carry_metrics(child.generation)
+
+    def _carry_metrics(self, number: int) -> None:
+        """Once no worker of retired (or failed) generation ``number`` is left, carry its
+        metrics into the serving generation's board (obs/metrics_keeper.py)."""
+        current = self._current
+        if self._stopping or current is None or number not in self._metrics:
+            return
+        if number in (current.number, self._next.number if self._next else None):
+            return
+        if any(c.generation == number for c in self._children.values()):
+            return
+        self._metrics.fold(number, into=current.number)
+        if self._next is None:  # no newer generation its workers cannot see: scrapes resume
+            self._metrics.supersede(current.number, False)
 
     def _on_exit(self, child: WorkerProcess, status: int) -> None:
         child.read_last_words()
@@ -405,6 +431,7 @@ class Supervisor:
         doomed = [c for c in self._children.values() if c.generation == failed.number]
         self._signal_children(doomed, signal.SIGTERM, self._drain_timeout_s + STOP_GRACE_S)
         failed.release(keep=self._current)
+        self._carry_metrics(failed.number)  # at once if none of its workers is left
         if self._reload_pending:  # a SIGHUP that came meanwhile may bring a fixed config
             self._reload_pending = False
             self.handle_hup()
@@ -439,6 +466,11 @@ class Supervisor:
         except Exception as error:  # the plan refused the config in some other way
             log.error("reload rejected: %s: %s", type(error).__name__, error)
             return
+        try:  # the master's own lines follow at once; each worker configures after its fork
+            configure_logging(config)
+        except LogOutputError as error:
+            log.error("reload rejected: %s: %s", OUTPUT_KEY, error)
+            return
         current = self._current
         assert current is not None
         keys, kept = config.gateway.rate_limiting.max_keys, current.config.gateway.rate_limiting
@@ -454,8 +486,12 @@ class Supervisor:
             self._next = current.successor(config, size)
         except BootError as error:
             log.error("reload rejected: %s", error)
+            with contextlib.suppress(LogOutputError):
+                configure_logging(current.config)  # back to the serving generation's output
             return
         self._next_deadline = time.monotonic() + WORKER_BOOT_TIMEOUT_S
+        self._metrics.add(self._next.number, self._next.metrics_fd)
+        self._metrics.supersede(current.number, True)  # its workers cannot see the new board
         _freeze()
         for slot in range(size):
             self._spawn(self._next, slot)

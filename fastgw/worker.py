@@ -55,6 +55,7 @@ import uvloop
 from fastgw.errors import BootError
 from fastgw.limits import HEARTBEAT_INTERVAL_S
 from fastgw.listen import admin_address, bind_listener
+from fastgw.obs.logging import LogOutputError, configure_logging
 from fastgw.server import GatewayServer
 
 if TYPE_CHECKING:
@@ -103,6 +104,8 @@ class WorkerSpec:
     health_fd: int = -1  # the generation's shared health table (inherited); -1: make one
     bans_fd: int = -1  # the generation's ban board (inherited); -1: make one if bans are on
     admin_port: int = 0  # the metrics port to bind (the master reserved it); 0: metrics off
+    metrics_fd: int = -1  # the generation's metrics board (inherited); -1: make one if on
+    metrics_chain: tuple[int, ...] = ()  # older generations' boards not carried over yet
 
 
 def reset_signals() -> None:
@@ -119,6 +122,10 @@ def run_worker(spec: WorkerSpec) -> int:
     reset_signals()
     os.set_blocking(spec.pipe_fd, False)
     worker = Worker(spec)
+    try:  # this generation's logging config, and the slot on every line (obs/logging.py)
+        configure_logging(spec.config, worker=spec.slot)
+    except LogOutputError as error:  # the master opened it a moment ago: the disk changed
+        return worker.boot_failed(str(error), None)
     # SIGINT is SIG_DFL here, so the Runner installs no KeyboardInterrupt handler of its own.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(worker.serve())
@@ -157,12 +164,14 @@ class Worker:
                 bans_fd=spec.bans_fd,
                 slot=spec.slot,
                 admin_sock=admin,
+                metrics_fd=spec.metrics_fd,
+                metrics_chain=spec.metrics_chain,
             )
             await server.start(sock)
         except BootError as error:
-            return self._boot_failed(str(error), sock)
+            return self.boot_failed(str(error), sock)
         except Exception as error:  # any failure to build the plan is a boot error, not a crash
-            return self._boot_failed(f"{type(error).__name__}: {error}", sock)
+            return self.boot_failed(f"{type(error).__name__}: {error}", sock)
         self._server = server
         self._send(MSG_READY)
         log.info("worker %d ready on %s:%d", os.getpid(), spec.host, spec.port)
@@ -181,7 +190,7 @@ class Worker:
             )
         return 0
 
-    def _boot_failed(self, message: str, sock: socket.socket | None) -> int:
+    def boot_failed(self, message: str, sock: socket.socket | None) -> int:
         if sock is not None and sock.fileno() >= 0:
             sock.close()
         message = " ".join(message.split())  # one line, whatever the exception said

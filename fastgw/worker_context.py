@@ -12,6 +12,8 @@ from fastgw.limits import READ_BUFFER_BYTES
 from fastgw.replies import DateHeader
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from fastgw.exchange import Exchange
     from fastgw.http.downstream import DownstreamProtocol
     from fastgw.plan import Plan
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 
 class WorkerContext:
     __slots__ = (
+        "access_log",
         "connections",
         "date",
         "draining",
@@ -27,6 +30,7 @@ class WorkerContext:
         "loop",
         "plan",
         "read_buffer",
+        "refused_connections",
         "requests_done",
         "tls_handshakes",
     )
@@ -40,15 +44,19 @@ class WorkerContext:
         self.draining = False
         self.emptied: asyncio.Future[None] | None = None  # set while draining waits
         self.requests_done = 0
+        self.refused_connections = 0  # at max_connections (fastgw_shed_total{reason=...})
         # With TLS: connections whose handshake is in flight (made, not yet connection_made),
         # with when they began; a drain waits for them (see GatewayServer.drain). None: no TLS.
         self.tls_handshakes: dict[DownstreamProtocol, float] | None = None
         self.plan: Plan  # set by the server once built (the plan needs this context's buffer)
+        # The access log (gateway.observability.logging.access_log), set by the server; None: off.
+        self.access_log: Callable[[Exchange], None] | None = None
 
     def admit(self, conn: DownstreamProtocol) -> bool:
         # Not refused while draining: a connection accepted before the listener closed (a TLS
         # one finishes its handshake later) is served, its answer saying Connection: close.
         if len(self.connections) >= self.plan.settings.max_connections:
+            self.refused_connections += 1
             return False
         self.connections.add(conn)
         return True
@@ -59,6 +67,16 @@ class WorkerContext:
         if emptied is not None and not self.connections and not emptied.done():
             emptied.set_result(None)
 
-    # HOT PATH: the observability issue hangs its counters here.
+    # HOT PATH: called once per answered exchange (DONE, or ABORTED once its answer began).
     def on_exchange_done(self, ex: Exchange) -> None:
         self.requests_done += 1
+        metrics = self.plan.metrics
+        if metrics is not None:
+            route = ex.route
+            metrics.on_request_done(
+                None if route is None else route.endpoint, ex.status, ex.started_s
+            )
+        if self.access_log is not None:
+            self.access_log(ex)
+        if ex.trace is not None:  # sampled (fastgw/obs/tracing.py): its spans are exported
+            ex.trace.finish(ex)

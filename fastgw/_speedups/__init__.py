@@ -7,7 +7,7 @@ What it owns
     names from here and never from a ``_py`` or ``_c`` module directly.
 
 Invariants
-    * ``IMPLEMENTATION`` is ``"c"`` only when all three compiled modules loaded and each one is a
+    * ``IMPLEMENTATION`` is ``"c"`` only when all four compiled modules loaded and each one is a
       real extension module; one missing or stale-as-source module is a broken build, and the
       whole set falls back to ``"py"`` (``EXTENSION_ERROR`` says why). Never a mix.
     * ``FASTGW_NO_EXTENSIONS`` set to anything but "" or "0" forces ``"py"``.
@@ -31,7 +31,7 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING, Final, NamedTuple
 
-from fastgw._speedups import bucket_py, hashring_py, headers_py
+from fastgw._speedups import bucket_py, counters_py, hashring_py, headers_py
 
 __all__ = [
     "EXTENSION_ERROR",
@@ -42,10 +42,12 @@ __all__ = [
     "HashRing",
     "HeaderError",
     "LimitTable",
+    "MetricCounters",
     "RequestHead",
     "ResponseHead",
     "both_builds",
     "bucket_py",
+    "counters_py",
     "customer_fingerprint",
     "extract_bearer",
     "hash64",
@@ -60,7 +62,7 @@ __all__ = [
     "table_bytes",
 ]
 
-KERNELS: Final = ("headers", "hashring", "bucket")
+KERNELS: Final = ("headers", "hashring", "bucket", "counters")
 
 
 class Build(NamedTuple):
@@ -70,6 +72,7 @@ class Build(NamedTuple):
     headers: ModuleType
     hashring: ModuleType
     bucket: ModuleType
+    counters: ModuleType
 
 
 def no_extensions_requested() -> bool:
@@ -80,7 +83,7 @@ def no_extensions_requested() -> bool:
 def load_build(name: str) -> Build:
     """The ``"py"`` or ``"c"`` build; ImportError (with the reason) when ``"c"`` is unusable."""
     if name == "py":
-        return Build("py", headers_py, hashring_py, bucket_py)
+        return Build("py", headers_py, hashring_py, bucket_py, counters_py)
     if name != "c":
         raise ValueError(f"unknown build {name!r}: expected 'py' or 'c'")
     modules = [_load_extension(f"{__name__}.{kernel}_c") for kernel in KERNELS]
@@ -127,6 +130,7 @@ if TYPE_CHECKING:  # the spec's types; at run time the chosen build's objects (s
         sets_for_keys,
         table_bytes,
     )
+    from fastgw._speedups.counters_py import MetricCounters
     from fastgw._speedups.hashring_py import HashRing, hash64
     from fastgw._speedups.headers_py import (
         HeaderError,
@@ -151,3 +155,4 @@ else:
     customer_fingerprint = _ACTIVE.bucket.customer_fingerprint
     table_bytes = _ACTIVE.bucket.table_bytes
     sets_for_keys = _ACTIVE.bucket.sets_for_keys
+    MetricCounters = _ACTIVE.counters.MetricCounters

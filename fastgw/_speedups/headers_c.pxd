@@ -20,6 +20,7 @@ cdef class RequestHead:
     cdef public object cookie
     cdef public object request_id
     cdef public object traceparent
+    cdef public object tracestate
     cdef public object forwarded_for
     cdef public bint close
     cdef public bytes forward_block
@@ -40,7 +41,7 @@ cdef object _HOST_RE
 cdef bytes _B64TOKEN_CHARS
 cdef frozenset _BEARER_PREFIXES
 cdef int _KEEP, _DROP, _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT
-cdef int _AUTHORIZATION, _REQUEST_ID, _TRACEPARENT, _FORWARDED_FOR, _COOKIE
+cdef int _AUTHORIZATION, _REQUEST_ID, _TRACEPARENT, _FORWARDED_FOR, _COOKIE, _TRACESTATE
 cdef dict _REQUEST_ROLES
 cdef dict _RESPONSE_ROLES
 cdef tuple _DROPPED_PREFIXES

@@ -4,8 +4,9 @@ What it owns
     Everything the data plane decides from the header *fields* of a request or response head
     (the request line and status line belong to httptools): message framing (Content-Length,
     Transfer-Encoding, Expect), Host syntax, the fields the gateway consumes or re-adds itself
-    (Authorization, X-Request-ID, traceparent, X-Forwarded-For), the Cookie field (read for the
-    token sources and still forwarded) and the block of fields that is forwarded as received.
+    (Authorization, X-Request-ID, traceparent, tracestate, X-Forwarded-For), the Cookie field
+    (read for the token sources and still forwarded) and the block of fields that is forwarded
+    as received.
     Plus two small helpers: ``lower_ascii`` and ``extract_bearer``.
 
 Invariants
@@ -19,7 +20,8 @@ Invariants
       names are dropped like them.
     * ``forward_block`` is every kept field as ``Name: value\\r\\n``, in original order and case.
       A dropped field never appears in it; the caller re-frames the body and re-adds the fields
-      it owns, so Content-Length, X-Request-ID, traceparent and X-Forwarded-* are always dropped.
+      it owns, so Content-Length, X-Request-ID, traceparent, tracestate and X-Forwarded-* are
+      always dropped (the trace headers are re-added by fastgw/obs/tracing.py).
     * ``HeaderError.reason`` is one of a few constant strings: wire bytes are never echoed into a
       log line or a reply.
 
@@ -73,6 +75,7 @@ class RequestHead:
         "host",
         "request_id",
         "traceparent",
+        "tracestate",
     )
 
     def __init__(self) -> None:
@@ -85,7 +88,10 @@ class RequestHead:
         # RFC 9110 5.3 list fields; still forwarded as received: the backend may own cookies.
         self.cookie: bytes | None = None
         self.request_id: bytes | None = None  # X-Request-ID (first one)
-        self.traceparent: bytes | None = None  # first one
+        # W3C Trace Context: a second traceparent makes it ambiguous, so b"" (invalid) then;
+        # every tracestate field, joined with "," (a list field).
+        self.traceparent: bytes | None = None
+        self.tracestate: bytes | None = None
         self.forwarded_for: bytes | None = None  # every X-Forwarded-For, joined with ", "
         self.close: bool = False  # Connection lists "close"
         self.forward_block: bytes = b""
@@ -144,6 +150,7 @@ _REQUEST_ID: Final = 8
 _TRACEPARENT: Final = 9
 _FORWARDED_FOR: Final = 10
 _COOKIE: Final = 11  # read into RequestHead.cookie and forwarded like a _KEEP field
+_TRACESTATE: Final = 12
 
 _HOP_BY_HOP: Final = (
     b"keep-alive",
@@ -167,6 +174,7 @@ _REQUEST_ROLES: Final[dict[bytes, int]] = {
     b"authorization": _AUTHORIZATION,
     b"x-request-id": _REQUEST_ID,
     b"traceparent": _TRACEPARENT,
+    b"tracestate": _TRACESTATE,
     b"x-forwarded-for": _FORWARDED_FOR,
     b"cookie": _COOKIE,
 }
@@ -270,8 +278,12 @@ def scan_request_head(fields: list[bytes], strip: frozenset[bytes]) -> RequestHe
                 if head.request_id is None:
                     head.request_id = value
             elif role == _TRACEPARENT:
-                if head.traceparent is None:
-                    head.traceparent = value
+                head.traceparent = value if head.traceparent is None else b""
+            elif role == _TRACESTATE:
+                if head.tracestate is None:
+                    head.tracestate = value
+                else:
+                    head.tracestate = head.tracestate + b"," + value
             elif role == _FORWARDED_FOR:
                 if head.forwarded_for is None:
                     head.forwarded_for = value

@@ -207,6 +207,8 @@ class RevocationPoller:
         "_task",
         "_version",
         "_where",
+        "last_poll_latency_s",
+        "last_poll_s",
         "revoked",
     )
 
@@ -227,11 +229,20 @@ class RevocationPoller:
         self._loaded = False  # False until a load succeeded, and again after any Redis error
         self._failing = False
         self._last_error_log = -math.inf
+        # The last successful poll (monotonic; 0: none yet) and its round trip(s): what
+        # /health/detailed reports for Redis when only revocation uses it.
+        self.last_poll_s = 0.0
+        self.last_poll_latency_s = 0.0
 
     @property
     def loaded(self) -> bool:
         """Whether the list mirrors Redis as of the last tick (False at boot or while failing)."""
         return self._loaded
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last poll failed."""
+        return self._failing
 
     async def start(self) -> None:
         """Load the list (bounded by ``LOAD_TIMEOUT_S``), then keep polling in the background.
@@ -275,7 +286,7 @@ class RevocationPoller:
             loop = asyncio.get_running_loop()
             next_at = loop.time() + self._interval_s
             try:
-                await asyncio.wait_for(self._poll(client), LOAD_TIMEOUT_S)
+                await asyncio.wait_for(self._timed_poll(client), LOAD_TIMEOUT_S)
             except Exception as error:  # boot goes on with an empty list, whatever went wrong
                 self._failed(error, first=True)
             finally:  # stop() during the first load ends start() too, without an error
@@ -286,7 +297,7 @@ class RevocationPoller:
                 # From this tick's start: a slow tick delays the next one, never bunches them.
                 next_at = loop.time() + self._interval_s
                 try:
-                    await asyncio.wait_for(self._poll(client), LOAD_TIMEOUT_S)
+                    await asyncio.wait_for(self._timed_poll(client), LOAD_TIMEOUT_S)
                 except Exception as error:  # never into the loop: keep the last list, retry
                     self._failed(error, first=False)
                 else:
@@ -295,6 +306,12 @@ class RevocationPoller:
                         log.info("revocation list: Redis at %s answers again", self._where)
         finally:
             await client.aclose()
+
+    async def _timed_poll(self, client: AsyncClient) -> None:
+        began_s = time.monotonic()
+        await self._poll(client)
+        self.last_poll_s = time.monotonic()
+        self.last_poll_latency_s = self.last_poll_s - began_s
 
     async def _poll(self, client: AsyncClient) -> None:
         version = await client.get(VERSION_KEY)

@@ -436,9 +436,23 @@ class MetricsConfig:
 class TracingConfig:
     """``gateway.observability.tracing``: OTLP/HTTP trace export."""
 
-    enabled: bool = setting(False, "Export traces.")
-    endpoint: str | None = setting(None, "Collector URL; required when enabled.", kind="url")
-    sample_rate: float = setting(0.1, "Share of requests traced.", range=(0, 1))
+    enabled: bool = setting(
+        False,
+        "Record and export spans. Off, backends still get a traceparent: the client's, passed "
+        "through unchanged, or a new unsampled one.",
+    )
+    endpoint: str | None = setting(
+        None,
+        "OTLP/HTTP traces URL of the collector (protobuf), like http://collector:4318/v1/traces; "
+        "without a path, /v1/traces. Required when enabled.",
+        kind="url",
+    )
+    sample_rate: float = setting(
+        0.1,
+        "Share of new traces sampled (by trace id); a client's traceparent decides for its "
+        "own trace (parent-based).",
+        range=(0, 1),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -448,13 +462,22 @@ class LoggingConfig:
     level: str = setting(
         "info", "Lowest level logged.", choices=("debug", "info", "warning", "error")
     )
-    format: str = setting("json", "Line format.", choices=("json", "text"))
+    format: str = setting(
+        "json",
+        "Line format: one JSON object per line, or text for people.",
+        choices=("json", "text"),
+    )
     output: str = setting(
-        "stdout",
-        "'stdout', 'stderr' or a file path (relative to the config file).",
+        "stderr",
+        "'stdout', 'stderr' or a file path (relative to the config file; reopened when "
+        "rotated away). stderr by default: stdout carries the commands' own output.",
         kind="output",
     )
-    access_log: bool = setting(False, "Log one line per request.")
+    access_log: bool = setting(
+        False,
+        "Log one line per request (request id, client, method, path without the query string, "
+        "endpoint, status, customer id, durations, upstream instance), whatever the level.",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from fastgw._speedups import HeaderError, scan_request_head
-from fastgw.exchange import ABORTED, DONE, IN_CHAIN, QUEUED, Exchange
+from fastgw.exchange import ABORTED, DONE, HEAD, IN_CHAIN, QUEUED, Exchange
 from fastgw.http.compress import GzipStream
 from fastgw.http.deadline import Deadline
 from fastgw.http.pool import set_nodelay
@@ -39,6 +39,7 @@ from fastgw.limits import (
     MAX_TRAILER_FIELDS,
     RAW_SLACK_BYTES,
 )
+from fastgw.obs.logging_errors import report_upstream_failure
 from fastgw.pipeline import RESPOND, run_chain
 from fastgw.replies import (
     CONNECTION_CLOSE,
@@ -209,6 +210,8 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         for ex in (self._active, self._parsing, *self._queue):
             if ex is not None and ex.state != DONE:
                 ex.move(ABORTED)
+                if ex.trace is not None:
+                    ex.trace.finish(ex)  # a sampled request the client gave up on: exported
                 upstream = ex.upstream
                 if upstream is not None:
                     ex.upstream = None
@@ -311,7 +314,8 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         if self._stopped:
             raise _AfterFinalRequest
         ctx = self._ctx
-        self._parsing = Exchange(self, ctx.loop.time())
+        # time.monotonic, not loop.time(): uvloop's is whole milliseconds (request durations).
+        self._parsing = Exchange(self, time.monotonic())
         self._fields = []
         self._url = b""
         self._head_bytes = 0
@@ -495,6 +499,8 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
                 self._send_reply(ex)
                 continue
             ex.route = route
+            if route.begin_trace is not None:
+                route.begin_trace(ex)  # traceparent for the backend; a sampled one is timed
             self.run_exchange(ex)
 
     # HOT PATH
@@ -606,8 +612,9 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
 
     # HOT PATH
     def add_forwarded_headers(self, parts: list[bytes], ex: Exchange) -> None:
-        """Append X-Request-ID and X-Forwarded-* for the backend to ``parts`` (the client's own
-        versions were dropped by the header kernel; a trusted proxy's chain is kept)."""
+        """Append X-Request-ID, X-Forwarded-* and the trace headers for the backend to
+        ``parts`` (the client's own versions were dropped by the header kernel; a trusted
+        proxy's chain is kept)."""
         host = ex.head.host if ex.head is not None else None
         parts += (
             b"X-Request-ID: ",
@@ -615,6 +622,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
             b"\r\nX-Forwarded-For: ",
             ex.forwarded_for or self.peer,
             self._ctx.plan.forwarded_proto,
+            ex.trace_headers,
         )
         if host is not None:
             parts += (b"X-Forwarded-Host: ", host, CRLF)
@@ -732,6 +740,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
     def on_upstream_failed(self, ex: Exchange, reply: ErrorReply) -> None:
         if ex.state == ABORTED or self.transport is None:
             return
+        report_upstream_failure(ex, reply, self._ctx.plan.health.labels)  # throttled, with context
         if ex.response_started:
             # Half a response was relayed: it cannot be replaced, only cut off (a reset tells
             # the client the response is incomplete).
@@ -761,7 +770,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         self._in_head = False
         self._deadline.clear()
         if ex is None or ex.state in (DONE, ABORTED):
-            ex = Exchange(self, self._ctx.loop.time())
+            ex = Exchange(self, time.monotonic())
         ex.reply = reply
         ex.keep_alive = False
         ex.close_after = True
@@ -783,7 +792,9 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         elif ex.state != QUEUED:
             # Active, waiting on an async stage or a connect: those find it aborted and stop.
             ex.move(ABORTED)
-            fresh = Exchange(self, self._ctx.loop.time())
+            if ex.trace is not None:
+                ex.trace.finish(ex)  # its answer is the fresh exchange's: export what it did
+            fresh = Exchange(self, time.monotonic())
             fresh.reply = reply
             fresh.request_id = ex.request_id
             fresh.keep_alive = False
@@ -839,6 +850,13 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
     # -- draining ---------------------------------------------------------------------------------
+
+    def open_requests(self) -> int:
+        """Requests being read or answered (``fastgw_requests_inflight``): the one being
+        answered, those queued behind it, and a head still arriving."""
+        parsing = self._parsing
+        head = parsing is not None and parsing.state == HEAD  # else it is queued or active
+        return len(self._queue) + (self._active is not None) + head
 
     def is_idle(self) -> bool:
         return self._active is None and self._parsing is None and not self._queue

@@ -59,11 +59,12 @@ class RateLimitCounts:
     covered and the mask of those that would refuse (a shadow level that would have refused
     counts as limited); ``as_dict`` turns those into per-level counts when asked."""
 
-    __slots__ = ("by_masks", "concurrency_refused")
+    __slots__ = ("by_masks", "concurrency_refused", "tier_refused")
 
     def __init__(self) -> None:
         self.by_masks = [0] * 256  # index: active levels << 4 | levels that would refuse
         self.concurrency_refused = 0
+        self.tier_refused = 0  # of those, refused by a tier's shed_above with slots still free
 
     def as_dict(self) -> dict[tuple[str, str], int]:
         """``{(level, result): count}`` with the contract's label values (A4)."""
@@ -142,6 +143,8 @@ class RateLimiter:
             cap = max(1, int(cap * share))
         if self._inflight >= cap:
             self.counts.concurrency_refused += 1
+            if self._inflight < self._max_inflight:
+                self.counts.tier_refused += 1  # fastgw_shed_total{reason="tier"}
             ex.reply = self._replies.overloaded
             return False
         self._inflight += 1

@@ -278,7 +278,10 @@ class _Call:
             ex.resume()  # continues the chain, or answers ex.reply (set by verdict)
         except Exception:
             # Never a request left PAUSED with no deadline: close its connection instead.
-            log.exception("rate limiting: could not answer a request after Redis replied")
+            log.exception(
+                "rate limiting: could not answer a request after Redis replied",
+                extra={"request_id": ex.request_id},
+            )
             transport = getattr(ex.conn, "transport", None)
             if transport is not None:
                 transport.abort()

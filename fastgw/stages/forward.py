@@ -36,10 +36,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 from fastgw.exchange import ABORTED, PROXYING
+from fastgw.obs.metrics import CONNECT_ERROR, ERROR, TIMEOUT
 from fastgw.pipeline import PAUSE, RESPOND
 from fastgw.routing.retry import RetryBudget, backoff_s
 
 if TYPE_CHECKING:
+    from fastgw._speedups import MetricCounters
     from fastgw.exchange import Exchange
     from fastgw.http.pool import UpstreamPool
     from fastgw.http.upstream import UpstreamProtocol
@@ -66,6 +68,7 @@ class Backends:
         "backoff_base_s",
         "balancer",
         "budget",
+        "metrics",
         "pools",
         "replies",
         "retries",
@@ -83,6 +86,7 @@ class Backends:
         retry_attempts: int,
         backoff_base_s: float,
         retry_budget: float,
+        metrics: MetricCounters | None = None,
     ) -> None:
         self.balancer = balancer
         self.pools = tuple(pools)
@@ -92,6 +96,7 @@ class Backends:
         self.backoff_base_s = backoff_base_s
         self.budget = RetryBudget(retry_budget, _clock())
         self.retries = 0  # tries after the first, in all (fastgw_retries_total)
+        self.metrics = metrics  # per-try outcomes by instance (None: metrics off)
 
     def refusal(self, candidates: tuple[int, ...]) -> ErrorReply:
         if candidates and self.view.circuit_refused(candidates):
@@ -152,6 +157,8 @@ class Forward:
         pool = self._backends.pools[index]
         upstream = None if fresh else pool.acquire()
         ex.sent_s = _clock()
+        if ex.trace is not None:
+            ex.trace.try_started(ex)  # this try's span id becomes the backend's parent id
         if upstream is not None:
             upstream.start(ex, self, self._timeout_s)
             return
@@ -172,6 +179,10 @@ class Forward:
         backends = self._backends
         now_s = _clock()
         backends.view.on_failure(index, now_s, ex.sent_s)
+        if backends.metrics is not None:
+            backends.metrics.on_upstream_failure(index, CONNECT_ERROR, now_s - ex.sent_s)
+        if ex.trace is not None:
+            ex.trace.try_failed("connect_timeout" if isinstance(error, TimeoutError) else "connect")
         if ex.retries < backends.retry_attempts:
             position = self._next_usable(ex, ex.attempt + 1, now_s)
             if position >= 0:
@@ -242,6 +253,11 @@ class Forward:
         now_s = _clock()
         index = ex.candidates[ex.attempt]
         view = self._backends.view
+        metrics = self._backends.metrics
+        if metrics is not None:
+            metrics.on_upstream_status(index, status, now_s - ex.sent_s)
+        if ex.trace is not None:
+            ex.trace.try_status(status)
         if status < 500:
             view.on_success(index, now_s, ex.sent_s)
             return True
@@ -253,6 +269,8 @@ class Forward:
             self._resend_later(ex)
 
     def on_upstream_done(self, ex: Exchange, upstream: UpstreamProtocol) -> None:
+        if ex.trace is not None:
+            ex.trace.try_done()
         ex.conn.on_upstream_done(ex)
 
     def on_upstream_lost(self, ex: Exchange, upstream: UpstreamProtocol) -> None:
@@ -278,7 +296,14 @@ class Forward:
 
     def _failed(self, ex: Exchange, reply: ErrorReply) -> None:
         now_s = _clock()
-        self._backends.view.on_failure(ex.candidates[ex.attempt], now_s, ex.sent_s)
+        backends = self._backends
+        index = ex.candidates[ex.attempt]
+        backends.view.on_failure(index, now_s, ex.sent_s)
+        if backends.metrics is not None:
+            failure = TIMEOUT if reply is backends.replies.upstream_timeout else ERROR
+            backends.metrics.on_upstream_failure(index, failure, now_s - ex.sent_s)
+        if ex.trace is not None:
+            ex.trace.try_failed(reply.spec.code)  # bad_gateway or upstream_timeout
         if self._plan_retry(ex, now_s):
             self._resend_later(ex)
         else:

@@ -1,11 +1,23 @@
 """The reserved endpoints on the main port (contract A3), answered by the gateway itself:
 ``/health`` (the process serves), ``/health/detailed`` (components with status and latency)
-and ``/ready`` (503 when no backend instance can be reached, or when JWT verification is
-configured but this worker holds no key yet: every token would be refused)."""
+and ``/ready`` (503 when no backend instance can be reached, when Redis is down and
+``on_failure: closed`` refuses every limited request, or when JWT verification is configured
+but this worker holds no key yet: every token would be refused).
+
+``/health/detailed`` lists ``http_server`` (the event loop's lag), ``redis_connection`` (a
+PING every second through the limiter's client, or the revocation poller's last poll:
+``fastgw/obs/health_probes.py``) and ``metald_backend`` (instances reachable, the active
+checks' mean latency). Its ``status`` is ``unhealthy`` (HTTP 503) when this worker cannot serve
+requests (no instance reachable, or Redis failing under ``on_failure: closed``), ``degraded``
+(HTTP 200) when a component is not healthy but requests are still served (some instances down,
+Redis failing under ``local`` or ``open``, a lagging loop), else ``healthy`` (HTTP 200). Every
+measurement comes from a timer, never from the request: the endpoints answer at once and
+cost nothing but a dict and an ``orjson.dumps``, however often a load balancer asks. Each
+worker answers with its own view.
+"""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -17,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from fastgw.exchange import Exchange
+    from fastgw.obs.health_probes import HealthProbes
     from fastgw.routing.health import HealthView
 
 
@@ -55,22 +68,24 @@ class Health:
 
 
 class DetailedHealth(Health):
-    __slots__ = ()
+    __slots__ = ("_probes",)
+
+    def __init__(self, backends: BackendView, probes: HealthProbes) -> None:
+        super().__init__(backends)
+        self._probes = probes
 
     def on_request(self, ex: Exchange) -> int:
-        started = time.perf_counter()
+        probes = self._probes
         reachable = self._backends.reachable()
         total = self._backends.total()
         backend_status = (
             "healthy" if reachable == total else "degraded" if reachable else "unhealthy"
         )
+        server = probes.loop_lag.report()
+        redis = probes.redis_report()
         components = [
-            {
-                "name": "http_server",
-                "status": "healthy",
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            },
-            {"name": "redis_connection", "status": "not_configured", "latency_ms": 0.0},
+            server,
+            redis,
             {
                 "name": "metald_backend",
                 "status": backend_status,
@@ -79,9 +94,16 @@ class DetailedHealth(Health):
                 "instances_total": total,
             },
         ]
-        overall = "healthy" if backend_status == "healthy" else "degraded"
+        if backend_status == "unhealthy" or (
+            redis["status"] == "unhealthy" and probes.redis_refuses
+        ):
+            overall = "unhealthy"
+        elif any(c["status"] in ("degraded", "unhealthy") for c in components):
+            overall = "degraded"
+        else:
+            overall = "healthy"
         body = {"status": overall, "timestamp": _timestamp(), "components": components}
-        ex.respond_local(200, orjson.dumps(body))
+        ex.respond_local(503 if overall == "unhealthy" else 200, orjson.dumps(body))
         return RESPOND
 
 

@@ -220,7 +220,10 @@ class ValidateBody:
         except Exception:
             # Never a request left PAUSED: close its connection instead (called from a parser
             # callback, an escaping error would be read as the next request's framing).
-            log.exception("request validation: could not resume a request")
+            log.exception(
+                "request validation: could not resume a request",
+                extra={"request_id": ex.request_id, "path": ex.path},
+            )
             transport = getattr(ex.conn, "transport", None)
             if transport is not None:
                 transport.abort()

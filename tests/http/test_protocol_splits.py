@@ -189,13 +189,17 @@ def responses_in(data: bytes) -> list[tuple[int, bytes]]:
     return collector.done
 
 
+PER_REQUEST = frozenset({"x-request-id", "traceparent"})
+
+
 def summary(status: int, body: bytes) -> tuple[Any, ...]:
-    """A response as compared across deliveries: the error code, or the echo minus ids."""
+    """A response as compared across deliveries: the error code, or the echo minus ids (the
+    request id and the traceparent are new for every request)."""
     data = orjson.loads(body)
     if status != 200:
         return (status, data["error"]["code"])
     headers = tuple(
-        (name.lower(), value) for name, value in data["headers"] if name.lower() != "x-request-id"
+        (name.lower(), value) for name, value in data["headers"] if name.lower() not in PER_REQUEST
     )
     return (
         200,
@@ -209,7 +213,9 @@ def summary(status: int, body: bytes) -> tuple[Any, ...]:
 
 
 def forwarded_summary(request: Any) -> tuple[Any, ...]:
-    headers = tuple((n.lower(), v) for n, v in request.headers if n.lower() != b"x-request-id")
+    headers = tuple(
+        (n.lower(), v) for n, v in request.headers if n.lower().decode() not in PER_REQUEST
+    )
     return (request.method, request.target, headers, request.body)
 
 

@@ -28,6 +28,7 @@ EXPORTED = {
     ],
     "hashring": ["hash64", "HashRing"],
     "bucket": ["LimitTable", "customer_fingerprint", "sets_for_keys", "table_bytes"],
+    "counters": ["MetricCounters"],
 }
 
 

@@ -212,6 +212,7 @@ def test_defaults_with_no_fields(speedups: Build) -> None:
     assert head.cookie is None
     assert head.request_id is None
     assert head.traceparent is None
+    assert head.tracestate is None
     assert head.forwarded_for is None
     assert head.close is False
     assert head.forward_block == b""
@@ -288,16 +289,30 @@ def test_connection_close(speedups: Build, values: list[bytes], close: bool) -> 
     assert head.forward_block == b""
 
 
-def test_first_request_id_and_traceparent_win(speedups: Build) -> None:
+def test_first_request_id_wins_and_two_traceparents_are_invalid(speedups: Build) -> None:
     head = scan(
         speedups,
         (b"X-Request-Id", b"one"),
         (b"x-request-id", b"two"),
         (b"Traceparent", b"tp-one"),
         (b"TRACEPARENT", b"tp-two"),
+        (b"traceparent", b"tp-three"),
     )
     assert head.request_id == b"one"
-    assert head.traceparent == b"tp-one"
+    # W3C Trace Context: two traceparent fields are ambiguous; b"" never parses as valid.
+    assert head.traceparent == b""
+    assert head.forward_block == b""
+
+
+def test_tracestate_fields_are_joined_and_never_forwarded(speedups: Build) -> None:
+    head = scan(
+        speedups,
+        (b"tracestate", b"rojo=00f067aa0ba902b7"),
+        (b"Accept", b"*/*"),
+        (b"TraceState", b"congo=t61rcWkgMzE"),
+    )
+    assert head.tracestate == b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+    assert head.forward_block == b"Accept: */*\r\n"
 
 
 @pytest.mark.parametrize(
@@ -368,6 +383,7 @@ DROPPED_REQUEST_NAMES = [
     b"X-Forwarded-",
     b"X-Request-ID",
     b"traceparent",
+    b"TraceState",
 ]
 
 
@@ -385,7 +401,7 @@ def test_dropped_names(speedups: Build, name: bytes) -> None:
         b"X-Customers-Note",
         b"X-Forwarded",
         b"X-Forwardedfor",
-        b"tracestate",
+        b"trace-state",  # not tracestate: that one is consumed (fastgw/obs/tracing.py)
         b"X-Request",
         b"Host",
         b"Authorization",

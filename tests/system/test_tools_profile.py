@@ -21,7 +21,7 @@ import pytest
 from bench.scenarios import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[2]
-KERNELS = ("headers", "hashring", "bucket")
+KERNELS = ("headers", "hashring", "bucket", "counters")
 ANNOTATE_TIMEOUT_S = 60
 PROFILE_TIMEOUT_S = 60
 CAP_SYS_PTRACE = 19  # bit of CapEff in /proc/PID/status (linux/capability.h)

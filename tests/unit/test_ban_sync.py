@@ -85,7 +85,7 @@ async def test_an_instance_that_starts_later_takes_the_running_bans(
     with board() as first, board() as late:
         async with syncing(first, redis_clean.address) as sync:
             view(first, ban_s=60).failure(b"2001:db8::7", now_us())
-            view(first, ban_s=0.001).failure(b"198.51.100.1", now_us())  # over at once
+            view(first, ban_s=1).failure(b"198.51.100.1", now_us() - 2 * S)  # already over
             await eventually(lambda: sync.pushed == 1)
         latecomer = view(late)
         async with syncing(late, redis_clean.address):

@@ -190,6 +190,10 @@ CASES: list[tuple[str, object, list[str]]] = [
       '"https://app.example.com", got "https://a.example/path"']),
     ("tracing endpoint", gw(observability={"tracing": {"enabled": True}}),
      ["$.gateway.observability.tracing.endpoint: required when tracing.enabled is true"]),
+    ("tracing endpoint not a URL",
+     gw(observability={"tracing": {"enabled": True, "endpoint": "collector:4318"}}),
+     ['$.gateway.observability.tracing.endpoint: expected an http(s) URL like '
+      '"http://host:4318/v1/traces", got "collector:4318"']),
     ("metrics port clash", gw(server={"port": 9090}),
      ["$.gateway.observability.metrics.port: 9090 is $.gateway.server.port too; metrics need a "
       "port of their own"]),
