@@ -90,6 +90,15 @@ def _target(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _override(text: str) -> tuple[str, Any]:
+    import yaml
+
+    path, sep, value = text.partition("=")
+    if not sep or not path or any(not part for part in path.split(".")):
+        raise argparse.ArgumentTypeError(f"expected PATH=VALUE (a.b.c=value), got {text!r}")
+    return path, yaml.safe_load(value)
+
+
 def _common(parser: argparse.ArgumentParser, *, duration: str, connections: int) -> None:
     parser.add_argument("--duration", type=positive_duration,
                         default=positive_duration(duration),
@@ -108,6 +117,10 @@ def _common(parser: argparse.ArgumentParser, *, duration: str, connections: int)
                         help="open loop: generator processes (default 1)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default bench/out/<command>-<UTC time>)")
+    parser.add_argument("--set", dest="overrides", type=_override, action="append",
+                        default=[], metavar="PATH=VALUE",
+                        help="set a key of fastgw's config for the run (YAML value; "
+                             "repeatable), e.g. gateway.observability.metrics.enabled=false")
 
 
 def _generator(parser: argparse.ArgumentParser) -> None:
@@ -235,7 +248,8 @@ def _options(args: argparse.Namespace, command: str) -> Any:
         workers=args.workers, peers=getattr(args, "peers", ()),
         out=_out_dir(args.command, args.out), profile=getattr(args, "profile", False),
         command=command, generator=generator, rate=getattr(args, "rate", 5000.0),
-        processes=getattr(args, "processes", 1), targets=targets)
+        processes=getattr(args, "processes", 1), targets=targets,
+        overrides=tuple(getattr(args, "overrides", ())))
 
 
 def _run(args: argparse.Namespace, opts: Any) -> dict[str, Any]:

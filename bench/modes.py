@@ -40,7 +40,7 @@ def _start(services: Services, scenario: Scenario, opts: runner.Options, *, back
     """The scenario prepared for a run of at most ``run_s`` seconds (helpers first, so that
     they stop last), its backends and targets, each probed with the scenario's headers."""
     opts.out.mkdir(parents=True, exist_ok=True)
-    prepared = scenario.prepare(opts.out, run_s, services)
+    prepared = scenario.prepare(opts.out, run_s, services, overrides=opts.overrides)
     backends = [start_backend(services, opts.out, name=f"bench-backend-{i + 1}")
                 for i in range(backends_n)]
     targets = [start_fastgw(services, opts.out, backends, workers=opts.workers,

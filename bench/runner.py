@@ -71,6 +71,8 @@ class Options:
     processes: int = 1  # open loop: generator processes
     targets: Targets = dataclasses.field(default_factory=Targets)
     headers: Headers = ()  # the scenario's request headers (run_load sets them)
+    # --set PATH=VALUE: changes to fastgw's config for the run (an A/B of one feature)
+    overrides: tuple[tuple[str, Any], ...] = ()
 
 
 def request_bytes(path: str, port: int, headers: Headers = ()) -> bytes:
@@ -330,7 +332,8 @@ def run_load(scenario: Scenario, opts: Options) -> dict[str, Any]:
     profile: dict[str, Any] | None = None
     with Services() as services:
         # first: its helpers (a Redis) are then stopped last, after the gateway using them
-        prepared = scenario.prepare(opts.out, planned_s(opts, 1 + len(peers)), services)
+        prepared = scenario.prepare(opts.out, planned_s(opts, 1 + len(peers)), services,
+                                    overrides=opts.overrides)
         opts = dataclasses.replace(opts, headers=prepared.headers)
         generator = LoadGenerator(opts)
         backends = [start_backend(services, opts.out, name=f"bench-backend-{i + 1}")

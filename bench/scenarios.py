@@ -47,7 +47,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -126,11 +126,12 @@ class Scenario:
     #: processes the run needs beside the gateway (module docstring); None: none
     start: StartFn | None = None
 
-    def prepare(self, workdir: Path, run_s: float,
-                services: Services | None = None) -> Prepared:
+    def prepare(self, workdir: Path, run_s: float, services: Services | None = None, *,
+                overrides: Sequence[tuple[str, Any]] = ()) -> Prepared:
         """Run ``setup`` (if any) in ``workdir`` for a run of at most ``run_s`` seconds, and
         ``start`` (if any) into ``services``, the run's: a scenario with helper processes
-        cannot be prepared without them."""
+        cannot be prepared without them. ``overrides``: ``(dotted.path, value)`` pairs set in
+        the config built (``--set``)."""
         assert self.gateway_config is not None, "skip_reason() is checked first"
         headers: Headers = ()
         args: dict[str, Any] = {}
@@ -147,6 +148,8 @@ class Scenario:
             helpers = started.helpers
             args.update(started.config_args)
         config = functools.partial(self.gateway_config, **args) if args else self.gateway_config
+        if overrides:
+            config = functools.partial(_overridden, config, tuple(overrides))
         return Prepared(config, headers, helpers)
 
     def skip_reason(self) -> str | None:
@@ -158,6 +161,22 @@ class Scenario:
         if self.gateway_config is None:
             return "no gateway config written for it yet"
         return None
+
+
+def _overridden(build: ConfigBuilder, overrides: tuple[tuple[str, Any], ...],
+                *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``build``'s config with each ``(dotted.path, value)`` set (missing mappings made)."""
+    config = build(*args, **kwargs)
+    for path, value in overrides:
+        *parents, leaf = path.split(".")
+        node = config
+        for key in parents:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise BenchError(f"--set {path}: {key!r} is not a mapping in the config")
+            node = child
+        node[leaf] = value
+    return config
 
 
 HOST: Final = "127.0.0.1"
