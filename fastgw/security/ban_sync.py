@@ -22,11 +22,12 @@ health checks). Every ``SYNC_INTERVAL_S`` it
    others in the board's shared section, where every worker applies them at its refresh.
 
 It starts, and starts over after a Redis error or when the stream was trimmed past the last
-entry it read, with a *resync*: the active set and the stream's last id read in one script;
-every ban in the set is published, and a ban this syncer took from Redis earlier that is no
-longer in the set is lifted. So an instance that was cut off converges on the set when Redis
-answers again; meanwhile its own bans still hold locally, and pushes wait on the board (up to
-its ring size per worker) until Redis answers.
+entry it read, with a *resync* (after its push, so a lift waiting on the board is not undone):
+the active set and the stream's last id read in one script; every ban in the set is
+published, and a ban the board holds that is no longer in the set (lifted elsewhere while
+this instance was not following) is lifted. So an instance that was cut off converges on the
+set when Redis answers again; meanwhile its own bans still hold locally, and pushes wait on
+the board (up to its ring size per worker) until Redis answers.
 
 Times: the board counts in this machine's monotonic microseconds, Redis in epoch
 milliseconds (comparable between machines): a ban's end is converted each way with the local
@@ -54,7 +55,7 @@ from fastgw.redis_connect import (
     connection_kwargs,
     describe,
 )
-from fastgw.security.bans import MAX_ADDRESS_BYTES, BanBoard
+from fastgw.security.bans import MAX_ADDRESS_BYTES, BanBoard, running_bans
 from fastgw.security.ipset import format_address, parse_address
 
 log = logging.getLogger("fastgw.bans")
@@ -129,7 +130,7 @@ class BanSync:
     and closes its Redis client."""
 
     __slots__ = ("_board", "_config", "_failing", "_last_error_log", "_last_id", "_origin",
-                 "_remote", "_task", "_where", "pulled", "pushed")  # fmt: skip
+                 "_task", "_where", "pulled", "pushed")  # fmt: skip
 
     def __init__(self, board: BanBoard, redis: RedisConfig) -> None:
         connection_kwargs(redis)  # a config Redis can't use is a boot error (ConfigError)
@@ -138,7 +139,6 @@ class BanSync:
         self._where = describe(redis)
         self._origin = os.urandom(8).hex().encode()
         self._last_id: bytes | None = None  # None: resync first
-        self._remote: dict[bytes, int] = {}  # bans taken from Redis: address -> until_us
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._last_error_log = -math.inf
@@ -185,9 +185,12 @@ class BanSync:
             await client.aclose()
 
     async def _tick(self, push: AsyncScript, snapshot: AsyncScript, pull: AsyncScript) -> None:
-        if self._last_id is None:
-            await self._resync(snapshot)
+        # Push first: a lift still waiting on the board must leave the active set before a
+        # resync reads it, or the resync would publish the ban again after the lift.
+        pushed_through = _now_us()  # every board event up to here is in Redis after the push
         await self._push(push)
+        if self._last_id is None:
+            await self._resync(snapshot, pushed_through)
         while await self._pull(pull):
             pass
 
@@ -209,7 +212,10 @@ class BanSync:
                     self.pushed += 1
             board.set_pushed(section, written)
 
-    async def _resync(self, snapshot: AsyncScript) -> None:
+    async def _resync(self, snapshot: AsyncScript, pushed_through: int) -> None:
+        """Make the board agree with the active set: publish its bans, and lift the bans the
+        board holds (pushed, so Redis had them) that are no longer in it: lifted or cut short
+        elsewhere while this syncer was not following."""
         last_id, flat = await snapshot(keys=[ACTIVE_KEY, EVENTS_KEY], args=[MAX_SNAPSHOT])
         now_us, now_ms = _now_us(), time.time_ns() // 1_000_000
         active: dict[bytes, int] = {}
@@ -217,13 +223,14 @@ class BanSync:
             address = _address(flat[n])
             if address is not None:
                 active[address] = now_us + (int(float(flat[n + 1])) - now_ms) * 1000
-        for address, until in self._remote.items():
-            if address not in active and until > now_us:
-                self._board.publish(self._board.shared, address, now_us, 0)
+        board = self._board
+        pushed = [event for event in board.events() if event[0] <= pushed_through]
+        for address in running_bans(pushed, now_us):
+            if address not in active:
+                board.publish(board.shared, address, now_us, 0)
         for address, until in active.items():
             if until > now_us:
-                self._board.publish(self._board.shared, address, now_us, until)
-        self._remote = active
+                board.publish(board.shared, address, now_us, until)
         self._last_id = last_id if isinstance(last_id, bytes) else str(last_id).encode()
 
     async def _pull(self, pull: AsyncScript) -> bool:
@@ -245,16 +252,9 @@ class BanSync:
             except ValueError:
                 continue
             until = 0 if until_ms == 0 else now_us + (until_ms - now_ms) * 1000
-            if until == 0:
-                self._remote.pop(address, None)
-            elif until > now_us:
-                self._remote[address] = until
-            else:
-                continue  # already over
-            self._board.publish(self._board.shared, address, now_us, until)
-            self.pulled += 1
-        for address in [a for a, until in self._remote.items() if until <= now_us]:
-            del self._remote[address]
+            if until == 0 or until > now_us:  # a ban already over needs nothing
+                self._board.publish(self._board.shared, address, now_us, until)
+                self.pulled += 1
         return len(entries) == PULL_BATCH
 
     def _failed(self, error: Exception) -> None:

@@ -10,10 +10,11 @@ What it owns
       is a ring of events with one writer, so no lock exists; a count of events written per
       section tells readers what is new.
     * ``Bans``: one worker's view. It counts its own clients' failures, bans, publishes the ban
-      in its section, and at its refresh (every 100 ms) applies the events the other sections
-      gained since it last read them, so a ban reaches every worker of the gateway instance
-      within that. A lift (``POST /admin/bans/lift?ip=...`` on the metrics port) is an event
-      too (``until`` 0); events are applied in the order of their times.
+      in its section, and at its refresh (every 100 ms) applies the events the sections gained
+      since it last read them (its own too: the bans of the worker it replaced), so a ban
+      reaches every worker of the gateway instance within that. A lift (``POST
+      /admin/bans/lift?ip=...`` on the metrics port) is an event too (``until`` 0); events
+      are applied in the order of their times.
 
 Invariants
     * Counting is per worker (a client spread over N workers can earn up to N x threshold
@@ -178,7 +179,7 @@ class Bans:
         self._window_us = int(window_s * 1_000_000)
         self._ban_us = int(ban_s * 1_000_000)
         self._failures: dict[bytes, deque[int]] = {}
-        # Where this view has read each other section to (its own: never read back).
+        # Where this view has read each section to.
         self._cursors = [0] * (board.sections if board is not None else 0)
         self.banned: dict[bytes, int] = {}  # address -> until_us
         self.count = 0  # bans this worker decided
@@ -227,8 +228,10 @@ class Bans:
         if board is None:
             return
         new: list[Event] = []
+        # Its own section too: a respawned worker finds its predecessor's bans there (applying
+        # its own events again changes nothing: they are in time order with the rest).
         for section in range(board.sections):
-            if section != self._slot and board.written(section) != self._cursors[section]:
+            if board.written(section) != self._cursors[section]:
                 self._cursors[section], events = board.read(section, self._cursors[section])
                 new += events
         if not new:

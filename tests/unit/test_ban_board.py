@@ -123,3 +123,11 @@ def test_an_oversized_address_is_never_counted() -> None:
     bans = Bans(None, 0, threshold=1, window_s=1, ban_s=1)
     bans.failure(b"x" * 100, 0)
     assert not bans.banned
+
+
+def test_a_respawned_worker_takes_its_predecessors_bans() -> None:
+    with board(2) as shared:
+        Bans(shared, 0, threshold=1, window_s=10, ban_s=60).failure(b"10.0.0.1", S)
+        replacement = Bans(shared, 0, threshold=1, window_s=10, ban_s=60)  # the same slot
+        replacement.refresh(2 * S)
+        assert replacement.is_banned(b"10.0.0.1", 3 * S)

@@ -176,3 +176,39 @@ async def test_bans_are_shared_through_a_redis_cluster(tmp_path: Path) -> None:
                     await sync.aclose()
     finally:
         server.stop()
+
+
+@uvloop_test
+async def test_a_lift_waiting_on_the_board_is_not_undone_by_a_resync(
+    redis_clean: RedisServer,
+) -> None:
+    with board(2) as shared:
+        first, second = view(shared, slot=0), view(shared, slot=1)
+        async with syncing(shared, redis_clean.address) as sync:
+            second.failure(b"10.0.0.7", now_us())
+            await eventually(lambda: sync.pushed == 1)
+        # slot 0 is respawned (its successor resyncs) while an operator's lift waits unpushed
+        assert second.lift(b"10.0.0.7", now_us())
+        async with syncing(shared, redis_clean.address) as again:
+            await eventually(lambda: again.pushed == 1 and again.following)
+            for worker in (first, second):
+                assert not banned(worker, b"10.0.0.7")
+        with redis_clean.client() as direct:
+            assert direct.zrange(ACTIVE_KEY, 0, -1) == []
+
+
+@uvloop_test
+async def test_a_resync_lifts_what_was_lifted_elsewhere_while_not_following(
+    redis_clean: RedisServer,
+) -> None:
+    with board() as shared:
+        local = view(shared)
+        async with syncing(shared, redis_clean.address) as sync:
+            local.failure(b"10.0.0.8", now_us())
+            await eventually(lambda: sync.pushed == 1)
+        with redis_clean.client() as direct:  # lifted by another instance meanwhile
+            direct.zrem(ACTIVE_KEY, b"10.0.0.8")
+            direct.xtrim(EVENTS_KEY, maxlen=0)
+        assert banned(local, b"10.0.0.8")
+        async with syncing(shared, redis_clean.address):
+            await eventually(lambda: not banned(local, b"10.0.0.8"))
