@@ -194,6 +194,27 @@ each, no retry); the rest are lost. Bounds how much tracing adds to a drain."""
 TRACE_LOG_INTERVAL_S: Final = 60.0
 """Export failures are logged at most once per this interval per worker, with a count."""
 
+TRACE_PARENT_SAMPLED_PER_S: Final = 100.0
+"""Requests a worker records per second because the client's ``traceparent`` says sampled (a
+token bucket holding as many). A client cannot make the gateway record and export more than
+this, whatever ``sample_rate`` says: at ~15 CPU-µs a traced request, 1.5 ms of CPU a second per
+worker at most. Past it the client's trace headers pass through unchanged (tracing/Sampling)."""
+
+TRACEPARENT_PASS_MAX_BYTES: Final = 512
+"""Longest client ``traceparent`` (a later version's, with fields appended) passed on as it
+came when the gateway does not re-parent the trace; a longer one goes on as version 00."""
+
+TRACESTATE_MAX_MEMBERS: Final = 32
+"""List-members of a ``tracestate`` forwarded (W3C's maximum); more are truncated (below)."""
+
+TRACESTATE_MAX_BYTES: Final = 512
+"""Bytes of a ``tracestate`` forwarded (what W3C says a vendor should propagate at least); a
+longer one is truncated by W3C's rule: whole entries, those over
+``TRACESTATE_MEMBER_MAX_BYTES`` first, then entries from the end."""
+
+TRACESTATE_MEMBER_MAX_BYTES: Final = 128
+"""A ``tracestate`` entry longer than this goes first when one must be truncated (W3C)."""
+
 UPSTREAM_ERROR_LOG_INTERVAL_S: Final = 1.0
 """At most one "upstream failed" line per worker per this interval; the next one says how many
 were held back (fastgw/obs/logging_errors.py)."""

@@ -428,13 +428,26 @@ class Supervisor:
         failed, self._next = self._next, None
         if failed is None:
             return
+        self._restore_logging()
         doomed = [c for c in self._children.values() if c.generation == failed.number]
         self._signal_children(doomed, signal.SIGTERM, self._drain_timeout_s + STOP_GRACE_S)
         failed.release(keep=self._current)
-        self._carry_metrics(failed.number)  # at once if none of its workers is left
+        if failed.number in self._metrics:
+            self._carry_metrics(failed.number)  # at once if none of its workers is left
+        elif self._current is not None:
+            # No board of its own (metrics off in its config): no fold will come to clear the
+            # serving generation's 503; nothing newer is hidden from its workers now.
+            self._metrics.supersede(self._current.number, False)
         if self._reload_pending:  # a SIGHUP that came meanwhile may bring a fixed config
             self._reload_pending = False
             self.handle_hup()
+
+    def _restore_logging(self) -> None:
+        """A reload failed after ``handle_hup`` applied its logging config to the master: back
+        to the serving generation's level, format and output."""
+        if self._current is not None:
+            with contextlib.suppress(LogOutputError):  # it was open a moment ago
+                configure_logging(self._current.config)
 
     def _begin_stop(self, quick: bool) -> None:
         self._stopping = True
@@ -486,8 +499,7 @@ class Supervisor:
             self._next = current.successor(config, size)
         except BootError as error:
             log.error("reload rejected: %s", error)
-            with contextlib.suppress(LogOutputError):
-                configure_logging(current.config)  # back to the serving generation's output
+            self._restore_logging()
             return
         self._next_deadline = time.monotonic() + WORKER_BOOT_TIMEOUT_S
         self._metrics.add(self._next.number, self._next.metrics_fd)

@@ -67,7 +67,8 @@ class WorkerContext:
         if emptied is not None and not self.connections and not emptied.done():
             emptied.set_result(None)
 
-    # HOT PATH: called once per answered exchange (DONE, or ABORTED once its answer began).
+    # HOT PATH: called once per request received (its head whole) when it ends: DONE, or
+    # ABORTED (cut off midway, or the client left: ex.status 0 when no answer had begun).
     def on_exchange_done(self, ex: Exchange) -> None:
         self.requests_done += 1
         metrics = self.plan.metrics

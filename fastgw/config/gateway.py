@@ -450,7 +450,7 @@ class TracingConfig:
     sample_rate: float = setting(
         0.1,
         "Share of new traces sampled (by trace id); a client's traceparent decides for its "
-        "own trace (parent-based).",
+        "own trace (parent-based), for at most 100 requests a second per worker.",
         range=(0, 1),
     )
 

@@ -207,11 +207,19 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         self._deadline.cancel()
         self._write_deadline.cancel()
         self._stopped = True
+        ctx = self._ctx
         for ex in (self._active, self._parsing, *self._queue):
-            if ex is not None and ex.state != DONE:
+            # _parsing may be _active or queued too: each exchange ends once (state < DONE).
+            if ex is not None and ex.state < DONE:
+                received = ex.state != HEAD  # a head cut off midway is no request
                 ex.move(ABORTED)
-                if ex.trace is not None:
-                    ex.trace.finish(ex)  # a sampled request the client gave up on: exported
+                if received:
+                    # The client left first: counted, logged and its trace exported like any
+                    # ending, under the status its answer began with, or 0 when none had. One
+                    # still queued (never routed) is counted under the route it would take.
+                    if ex.route is None and ex.reply is None:
+                        ex.route = ctx.plan.router.match(ex.method, ex.path)
+                    ctx.on_exchange_done(ex)
                 upstream = ex.upstream
                 if upstream is not None:
                     ex.upstream = None
@@ -516,7 +524,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
 
     def _send_reply(self, ex: Exchange) -> None:
         transport = self.transport
-        if transport is None or ex.state == ABORTED:
+        if transport is None or ex.state >= DONE:  # ended: answered, cut off or given up
             return
         close = self._must_close_after(ex)
         date = self._ctx.date.get()
@@ -562,8 +570,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
 
     def _finish(self, ex: Exchange, close: bool) -> None:
         self.flush_output()
-        if ex.state != ABORTED:
-            ex.move(DONE)
+        ex.move(DONE)  # every caller saw it had not ended: on_exchange_done runs once
         self._active = None
         self._ctx.on_exchange_done(ex)
         transport = self.transport
@@ -585,6 +592,9 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
         (a 413 for a large upload would never arrive). So, as nginx's lingering close: FIN
         now, then read and drop what comes for at most LINGER_S (or until the client's EOF)."""
         if ex.body_done or not transport.can_write_eof():
+            # Nothing more is read: a deadline left armed (the body's, TLS having no
+            # half-close) would fire on the answered exchange and answer or count it again.
+            self._deadline.clear()
             self._close(transport)
             return
         transport.write_eof()
@@ -709,7 +719,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
             self._out.append(body)
 
     def on_upstream_done(self, ex: Exchange) -> None:
-        if ex.state == ABORTED or self.transport is None:
+        if ex.state >= DONE or self.transport is None:
             return
         if ex.compressor is not None:
             tail = ex.compressor.end()
@@ -738,7 +748,7 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
                 self.transport.writelines(out)
 
     def on_upstream_failed(self, ex: Exchange, reply: ErrorReply) -> None:
-        if ex.state == ABORTED or self.transport is None:
+        if ex.state >= DONE or self.transport is None:
             return
         report_upstream_failure(ex, reply, self._ctx.plan.health.labels)  # throttled, with context
         if ex.response_started:
@@ -794,9 +804,16 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
             ex.move(ABORTED)
             if ex.trace is not None:
                 ex.trace.finish(ex)  # its answer is the fresh exchange's: export what it did
-            fresh = Exchange(self, time.monotonic())
+            # The same request, answered: counted and logged as it, not as (unrouted).
+            fresh = Exchange(self, ex.started_s)
             fresh.reply = reply
             fresh.request_id = ex.request_id
+            fresh.route = ex.route
+            fresh.method = ex.method
+            fresh.path = ex.path
+            fresh.client = ex.client
+            fresh.customer = ex.customer
+            fresh.body_bytes = ex.body_bytes
             fresh.keep_alive = False
             fresh.move(QUEUED)
             self._active = None
@@ -825,6 +842,8 @@ class DownstreamProtocol(asyncio.BufferedProtocol):
                     self._pump()
 
     def _cut_off(self, ex: Exchange) -> None:
+        if ex.state >= DONE:
+            return  # it ended (and was counted) already: a late deadline has nothing to cut
         self._out = []  # half a response: what is still held would only lengthen it
         ex.move(ABORTED)
         self._active = None

@@ -21,15 +21,23 @@ Why a timer and not a PING per request
 
 Statuses: ``healthy``, ``unhealthy``, ``unknown`` (no answer yet since start), and
 ``not_configured`` (no Redis in the config).
+
+What the answer says about a failure: only its category (``error``: ``timeout``,
+``unavailable``, ``overloaded``, ``auth``, ``error_reply``, ``error``). The endpoints are on
+the main port without authentication, and the exception's text names Redis's address and what
+it answered (a refused password); that detail goes to the log instead (logger
+``fastgw.health``), once per change of the outcome, not once per PING.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
 from fastgw.limits import LOOP_LAG_DEGRADED_S, LOOP_LAG_INTERVAL_S, REDIS_PROBE_INTERVAL_S
+from fastgw.resp.errors import RedisOverloaded, RedisTimeout, RedisUnavailable, ReplyError
 
 if TYPE_CHECKING:
     from fastgw.auth.revocation import RevocationPoller
@@ -44,7 +52,9 @@ UNHEALTHY: Final = "unhealthy"
 UNKNOWN: Final = "unknown"
 NOT_CONFIGURED: Final = "not_configured"
 PING: Final = (b"PING",)
+_AUTH_REPLIES: Final = ("NOAUTH", "WRONGPASS", "NOPERM", "ERR AUTH", "ERR INVALID PASSWORD")
 
+log = logging.getLogger("fastgw.health")
 _clock = time.monotonic
 
 
@@ -52,14 +62,28 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+def error_category(error: BaseException) -> str:
+    """What kind of failure ``error`` is, in words that name no host, port or reply text."""
+    if isinstance(error, RedisTimeout):
+        return "timeout"
+    if isinstance(error, RedisOverloaded):
+        return "overloaded"  # refused here, before sending: too much in flight
+    if isinstance(error, RedisUnavailable):
+        return "unavailable"  # no connection: refused, lost, never made
+    if isinstance(error, ReplyError):
+        return "auth" if str(error).upper().startswith(_AUTH_REPLIES) else "error_reply"
+    return "error"
+
+
 class LoopLag:
     """How late this worker's event loop ran its last timer (every ``LOOP_LAG_INTERVAL_S``):
     near 0 when the loop keeps up; large when callbacks hog it or it is overloaded."""
 
-    __slots__ = ("_due_s", "_loop", "_timer", "lag_s")
+    __slots__ = ("_due_s", "_loop", "_timer", "checked_s", "lag_s")
 
     def __init__(self) -> None:
         self.lag_s = 0.0
+        self.checked_s = 0.0  # when the last measurement was taken (monotonic); 0: none yet
         self._due_s = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -74,7 +98,8 @@ class LoopLag:
         self._timer = self._loop.call_later(LOOP_LAG_INTERVAL_S, self._on_due)
 
     def _on_due(self) -> None:
-        self.lag_s = max(0.0, _clock() - self._due_s)
+        now_s = self.checked_s = _clock()
+        self.lag_s = max(0.0, now_s - self._due_s)
         self._schedule()
 
     def close(self) -> None:
@@ -84,7 +109,11 @@ class LoopLag:
 
     def report(self) -> dict[str, Any]:
         status = DEGRADED if self.lag_s >= LOOP_LAG_DEGRADED_S else HEALTHY
-        return {"name": "http_server", "status": status, "latency_ms": _ms(self.lag_s)}
+        out: dict[str, Any] = {"name": "http_server", "status": status,
+                               "latency_ms": _ms(self.lag_s)}  # fmt: skip
+        if self.checked_s:
+            out["checked_s_ago"] = round(_clock() - self.checked_s, 3)
+        return out
 
 
 class RedisProbe:
@@ -121,12 +150,18 @@ class RedisProbe:
         now_s = _clock()
         self.latency_s = now_s - self._sent_s
         self.checked_s = now_s
+        was = self.error
         if isinstance(reply, BaseException):
             self.status = UNHEALTHY
-            self.error = f"{type(reply).__name__}: {reply}"
+            self.error = error_category(reply)
+            if self.error != was:  # the detail, for the operator: once per change
+                log.warning("redis probe: PING failed (%s): %s: %s", self.error,
+                            type(reply).__name__, reply)  # fmt: skip
         else:
             self.status = HEALTHY
             self.error = None
+            if was is not None:
+                log.info("redis probe: PING answered again")
         if not self._closed and self._loop is not None:
             self._timer = self._loop.call_later(REDIS_PROBE_INTERVAL_S, self._send)
 

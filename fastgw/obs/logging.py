@@ -152,7 +152,7 @@ class JsonFormatter(_FastgwFormatter):
         if record.stack_info:
             fields["stack"] = self.formatStack(record.stack_info)
         line = orjson.dumps(fields, default=_jsonable).decode("utf-8")
-        return self.redactor.scrub(line)
+        return self.redactor.scrub(line, json=True)
 
 
 class TextFormatter(_FastgwFormatter):

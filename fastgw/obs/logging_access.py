@@ -27,7 +27,7 @@ Fields (JSON): ``ts``, ``level`` (info), ``logger`` (fastgw.access), ``msg`` (re
 named), ``method``, ``path`` (never the query string: a ``query:<name>`` token source puts
 the token there), ``endpoint`` (route name; null when no route matched), ``status`` (0 when the
 client left before an answer), ``customer_id`` (null when unauthenticated), ``duration_ms``
-(from the first byte of the request, on the loop's millisecond clock), ``upstream`` (the
+(from the first byte of the request, ``time.monotonic``, to the µs), ``upstream`` (the
 instance ``host:port`` of the last try; null when not proxied), ``upstream_ms`` (its try: sent
 to response end), ``retries``, ``request_bytes`` (body) and ``aborted``. Client-controlled
 text (path, request id) goes through the redactor when it looks like it could hold a secret.

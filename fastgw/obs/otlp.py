@@ -11,15 +11,20 @@ What it owns
 Sending: a keep-alive ``http.client`` connection; 429/502/503/504 and connection errors are
 retried with exponential back-off (``Retry-After`` honoured) within ``timeout_s``; anything else
 drops the batch. Failures are logged at most once per ``TRACE_LOG_INTERVAL_S``, with a count.
-``begin_shutdown`` bounds what is left: no more retries, each try within the flush deadline.
+``begin_shutdown`` bounds what is left: a back-off wait under way ends at once, and from then on
+each batch gets one try, its socket timeout cut to what is left of the flush deadline (the
+deadline is read again before every try); ``abort`` cuts a POST still in flight at the deadline
+(a collector that accepted the connection and never answers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import uuid
@@ -108,8 +113,10 @@ class OtlpHttpClient:
         self._headers = {**env_headers(), **_CONTENT_TYPE}
         self._timeout_s = timeout_s
         self._conn: http.client.HTTPConnection | None = None
-        self._stop = threading.Event()  # set at shutdown: back-off waits end at once
-        self._deadline = float("inf")  # monotonic; set by begin_shutdown
+        self._stop = threading.Event()  # set by close: nothing more is sent
+        # Set by begin_shutdown (from the event loop) and close: a back-off wait ends at once.
+        self._hurry = threading.Event()
+        self._deadline = float("inf")  # monotonic; set by begin_shutdown, read before each try
         self.exported = 0
         self.failed = 0
         self._unlogged = 0
@@ -126,36 +133,52 @@ class OtlpHttpClient:
         return True
 
     def begin_shutdown(self, deadline_s: float) -> None:
-        """From now on: no retries, and no try past ``deadline_s`` (monotonic)."""
+        """From now on: at most one more try per batch (a back-off wait under way ends at
+        once) and none past ``deadline_s`` (monotonic). Called from another thread."""
         self._deadline = deadline_s
+        self._hurry.set()  # after the deadline: a woken sender reads the new one
+
+    def abort(self) -> None:
+        """Cut a POST in flight (the flush deadline passed): the sender's blocked read or write
+        fails at once. Called from another thread; the sender owns and closes the connection."""
+        conn = self._conn
+        sock = None if conn is None else conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed meanwhile by the sender
+                sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self._stop.set()
+        self._hurry.set()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
 
     def _send(self, body: bytes) -> str | None:
         """POST ``body``; None when the collector took it, else why not."""
-        deadline = min(time.monotonic() + self._timeout_s, self._deadline)
+        give_up_s = time.monotonic() + self._timeout_s
         attempt = 0
         while True:
-            remaining = deadline - time.monotonic()
+            # The flush deadline is read before each try: begin_shutdown may have come since.
+            remaining = min(give_up_s, self._deadline) - time.monotonic()
             if remaining <= 0 or self._stop.is_set():
                 return "export timed out"
+            last = self._hurry.is_set()  # shutting down: this try is the batch's last
             status, retry_after, problem = self._post(body, remaining)
             if status is not None and 200 <= status < 300:
                 return None
-            if status is not None and status not in RETRY_STATUSES:
+            if (status is not None and status not in RETRY_STATUSES) or last:
                 return problem
-            if self._deadline != float("inf"):
-                return problem  # shutting down: one try only
+            if self._hurry.is_set():
+                continue  # shutdown began during the try: one last one, at once
             delay = retry_after if retry_after is not None else (2**attempt) * random.uniform(
                 0.5, 1.5
             )
             delay = min(delay, MAX_BACKOFF_S)
-            if delay >= deadline - time.monotonic() or self._stop.wait(delay):
+            if delay >= give_up_s - time.monotonic():
                 return problem
+            # begin_shutdown ends the wait at once: then one last try within the flush deadline.
+            self._hurry.wait(delay)
             attempt += 1
 
     def _post(self, body: bytes, timeout_s: float) -> tuple[int | None, float | None, str]:

@@ -16,6 +16,12 @@ Rules (W3C Trace Context, "traceparent Header" and "Versioning of traceparent")
       only means something next to the ``traceparent`` it came with). Two ``traceparent``
       fields are invalid too (the header kernel reports them as ``b""``).
 
+``tracestate`` (W3C "tracestate Limits")
+    At most ``TRACESTATE_MAX_MEMBERS`` list-members in ``TRACESTATE_MAX_BYTES``: a longer value
+    is truncated by whole entries, those over ``TRACESTATE_MEMBER_MAX_BYTES`` first, then from
+    the end (``bounded_tracestate``). Only a re-parented trace may have its ``tracestate``
+    changed ("Mutating the traceparent Field": an unchanged ``traceparent`` keeps it as is).
+
 Ids are random: ``random.Random.getrandbits`` seeded from ``os.urandom`` in each worker (it
 is created after fork), not ``os.urandom`` per id. Trace ids only need to be unique, not
 secret; a syscall per request would cost more than everything else here (0.06 µs vs ~0.3).
@@ -27,11 +33,15 @@ import random
 import re
 from typing import Final
 
+from fastgw.limits import TRACESTATE_MAX_BYTES, TRACESTATE_MAX_MEMBERS, TRACESTATE_MEMBER_MAX_BYTES
+
 __all__ = [
     "ParentContext",
     "TraceIds",
+    "bounded_tracestate",
     "format_traceparent",
     "parse_traceparent",
+    "tracestate_fits",
 ]
 
 ParentContext = tuple[bytes, bytes, int]
@@ -87,6 +97,34 @@ def _parse_longer(value: bytes) -> ParentContext | None:
     if trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
         return None
     return trace_id, parent_id, _FLAG_VALUES[value[53:55]]
+
+
+def tracestate_fits(value: bytes) -> bool:
+    """``value`` (a ``tracestate``, its fields joined) is within the bounds: forward it as is.
+    Counts commas, so empty list-members count too (W3C's grammar counts them)."""
+    return len(value) <= TRACESTATE_MAX_BYTES and value.count(b",") < TRACESTATE_MAX_MEMBERS
+
+
+def _members_fit(members: list[bytes]) -> bool:
+    size = sum(map(len, members)) + len(members) - 1  # the commas between them
+    return len(members) <= TRACESTATE_MAX_MEMBERS and size <= TRACESTATE_MAX_BYTES
+
+
+def bounded_tracestate(value: bytes) -> bytes:
+    """``value`` within the bounds (module docstring): unchanged when it fits; else its
+    non-empty list-members, entries over ``TRACESTATE_MEMBER_MAX_BYTES`` removed first (from
+    the end), then entries from the end, until the rest fits (``b""``: none left)."""
+    if tracestate_fits(value):
+        return value
+    members = [m for m in (part.strip(_OWS) for part in value.split(b",")) if m]
+    for at in range(len(members) - 1, -1, -1):
+        if _members_fit(members):
+            break
+        if len(members[at]) > TRACESTATE_MEMBER_MAX_BYTES:
+            del members[at]
+    while not _members_fit(members):
+        members.pop()
+    return b",".join(members)
 
 
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> bytes:

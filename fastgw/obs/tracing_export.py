@@ -75,7 +75,8 @@ from fastgw.obs.otlp_encode import (
 
 if TYPE_CHECKING:
     from fastgw.exchange import Exchange
-    from fastgw.obs.tracing import TraceRecord, Tracing, UpstreamTry
+    from fastgw.obs.tracing import Tracing
+    from fastgw.obs.tracing_record import TraceRecord, UpstreamTry
 
 log = logging.getLogger("fastgw.tracing")
 
@@ -201,8 +202,8 @@ class SpanSink:
         status = ex.status
         tail = [
             route[1],
-            _text_attribute(_PATH, ex.path),
-            _text_attribute(_REQUEST_ID, ex.request_id),
+            _text_attribute(_PATH, self._scrubbed(ex.path)),
+            _text_attribute(_REQUEST_ID, self._scrubbed(ex.request_id)),
         ]
         if status:
             tail.append(fields.get(status) or self._keep(status, _int_attribute(_STATUS, status)))
@@ -258,6 +259,14 @@ class SpanSink:
                 )
             )
         return b"".join(spans)
+
+    def _scrubbed(self, value: bytes) -> bytes:
+        """A client-controlled attribute as the access log shows it: a token carried in a path
+        or a request id is replaced (``logging_redact``; a substring test when it cannot hold
+        one, ~0.3 µs)."""
+        text = value.decode("utf-8", "replace")
+        redactor = self._tracing.redactor
+        return redactor.scrub(text).encode("utf-8") if redactor.suspect(text) else value
 
     def _route_fields(self, method: bytes, endpoint: str) -> tuple[bytes, bytes]:
         """(name and kind, the attributes every request of ``method`` on the route shares)."""
@@ -325,15 +334,22 @@ class SpanSink:
 
     # -- stopping -------------------------------------------------------------------------
 
+    @property
+    def exporting(self) -> bool:
+        """The export thread is still running (after ``aclose``: it was left behind)."""
+        return self._thread.is_alive()
+
     async def aclose(self) -> bool:
-        """Send what is queued within ``TRACE_FLUSH_TIMEOUT_S`` (one try per batch), then stop
-        the export thread. True when it stopped in time; otherwise it is left behind (a daemon
-        thread: the worker exits anyway). The event loop keeps running meanwhile (a collector
-        may live in this very loop: in-process tests, the demo)."""
+        """Send what is queued within ``TRACE_FLUSH_TIMEOUT_S`` (one try per batch, a back-off
+        under way cut short), then stop the export thread; at the deadline a POST still in
+        flight is cut (``OtlpHttpClient.abort``: a hung collector), and the thread gets
+        ``_SHUTDOWN_MARGIN_S`` more to end. True when it stopped in time; otherwise it is left
+        behind (a daemon thread: the worker exits anyway). So this takes at most
+        ``TRACE_FLUSH_TIMEOUT_S + _SHUTDOWN_MARGIN_S``. The event loop keeps running meanwhile
+        (a collector may live in this very loop: in-process tests, the demo)."""
         self._client.begin_shutdown(time.monotonic() + TRACE_FLUSH_TIMEOUT_S)
         self._stopping = True
         self._wake.set()
-        deadline = TRACE_FLUSH_TIMEOUT_S + _SHUTDOWN_MARGIN_S
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
@@ -344,7 +360,11 @@ class SpanSink:
 
         threading.Thread(target=watch, name="fastgw-trace-stop", daemon=True).start()
         try:
-            await asyncio.wait_for(done, deadline)
+            try:
+                await asyncio.wait_for(asyncio.shield(done), TRACE_FLUSH_TIMEOUT_S)
+            except TimeoutError:
+                self._client.abort()  # a POST past the deadline: its thread ends at once
+                await asyncio.wait_for(done, _SHUTDOWN_MARGIN_S)
         except TimeoutError:
             return False
         finally:

@@ -299,7 +299,9 @@ class Forward:
         backends = self._backends
         index = ex.candidates[ex.attempt]
         backends.view.on_failure(index, now_s, ex.sent_s)
-        if backends.metrics is not None:
+        # A try is counted once: one whose response head came (relayed: no retry can follow
+        # it) was counted under its status by on_upstream_status, as a cut-off response is.
+        if backends.metrics is not None and not ex.response_started:
             failure = TIMEOUT if reply is backends.replies.upstream_timeout else ERROR
             backends.metrics.on_upstream_failure(index, failure, now_s - ex.sent_s)
         if ex.trace is not None:

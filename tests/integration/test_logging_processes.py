@@ -20,11 +20,14 @@ from fastgw.listen import free_port
 from tests.integration.conftest import (
     IO_TIMEOUT_S,
     REPO_ROOT,
+    Gateway,
     MockBackend,
     Proc,
+    gateway_config,
     subprocess_env,
     wait_until,
 )
+from tests.integration.test_process_model import FAILING_BIND  # workers that cannot boot
 
 SECRET = "logging-process-test-secret-logging!!!!"
 ROTATION_TIMEOUT_S = 10.0  # every worker checks the path once a second, when it writes
@@ -172,3 +175,26 @@ def test_an_output_that_cannot_be_opened_stops_serve_with_the_key_path(
     assert done.stderr.startswith("$.gateway.observability.logging.output: cannot open log output")
     assert str(tmp_path / "nope" / "gateway.log") in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_a_reload_whose_workers_cannot_boot_gives_the_master_its_logging_back(
+    start_gateway: Any, mock_backend: MockBackend
+) -> None:
+    gateway: Gateway = start_gateway(workers=2, script=FAILING_BIND)  # JSON lines on stderr
+    text = gateway_config(gateway.port, mock_backend.port).replace(
+        "observability: {metrics: {port: 0}}",
+        "observability: {metrics: {port: 0}, logging: {format: text}}",
+    )
+    assert "format: text" in text
+    gateway.config_path.write_text(text)
+    (gateway.tmp / "fail-bind").touch()
+    gateway.signal(signal.SIGHUP)  # checks pass: the master switches to text, then boots
+    gateway.proc.wait_stderr("reload failed: worker")
+    assert " ERROR fastgw.supervisor: reload failed: worker" in gateway.proc.stderr_text()
+
+    # The old generation serves, and the master logs as it did before that reload: JSON.
+    gateway.config_path.write_text("routes: not-a-list\n")
+    gateway.signal(signal.SIGHUP)
+    gateway.proc.wait_stderr("reload rejected")
+    rejected = [line for line in gateway.proc.stderr if "reload rejected" in line]
+    assert rejected and all(json.loads(line)["level"] == "error" for line in rejected), rejected

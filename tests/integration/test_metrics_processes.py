@@ -12,6 +12,8 @@ What is checked, exactly:
     of any scrape is ever below the same counter in an earlier scrape (503s, which old workers
     answer while the new generation boots, are skipped), and once the old generation has
     exited and its totals were carried over, the totals equal everything ever sent.
+  * a reload that fails (its workers cannot listen) to a config with metrics off: the serving
+    workers answer scrapes again at once, with the same totals (no board of its own to fold).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastgw.listen import free_port
 from tests.integration.conftest import IO_TIMEOUT_S, MockBackend, Proc, child_pids, wait_until
+from tests.integration.test_process_model import FAILING_BIND
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,7 +52,7 @@ ROUND = [("/echo/a", 200, "Echo")] * 40 + [("/private/x", 401, "Private")] * 12 
 
 
 class Gateway:
-    def __init__(self, tmp: Path, backend_port: int) -> None:
+    def __init__(self, tmp: Path, backend_port: int, script: str | None = None) -> None:
         self.port, self.admin_port = free_port(), free_port()
         while self.admin_port == self.port:
             self.admin_port = free_port()
@@ -58,10 +61,13 @@ class Gateway:
         self.write_config(extra_route=False)
         argv = [sys.executable, "-m", "fastgw", "serve", "-c", str(self.path),
                 "--workers", str(WORKERS), "--drain-timeout", "2s"]  # fmt: skip
+        if script is not None:  # a script that patches something first, then runs the CLI
+            (tmp / "run_gateway.py").write_text(script)
+            argv[1:3] = [str(tmp / "run_gateway.py")]
         self.proc = Proc(argv, tmp)
         self.proc.wait_stdout("fastgw listening on")
 
-    def write_config(self, *, extra_route: bool) -> None:
+    def write_config(self, *, extra_route: bool, metrics: bool = True) -> None:
         routes: list[dict[str, Any]] = [
             {"endpoint": "Echo", "path_prefix": "/echo", "auth": "none"},
             {"endpoint": "Private", "path_prefix": "/private"},
@@ -73,7 +79,7 @@ class Gateway:
                 "server": {"host": "127.0.0.1", "port": self.port},
                 "authentication": {"development": {"enabled": True}},
                 "observability": {
-                    "metrics": {"port": self.admin_port},
+                    "metrics": {"enabled": metrics, "port": self.admin_port},
                     "logging": {"level": "info", "format": "text", "output": "stderr"},
                 },
             },
@@ -260,3 +266,21 @@ def test_totals_over_both_workers_survive_a_respawn_and_a_reload(gateway: Gatewa
     # The reload's new endpoint is a label from now on; nothing was sent to it.
     assert ("fastgw_request_duration_seconds_count", frozenset({("endpoint", "Extra")})) in final
     assert one(final, "fastgw_request_duration_seconds_count", endpoint="Extra") == 0
+
+
+def test_a_failed_reload_to_metrics_off_leaves_scrapes_answered(
+    tmp_path: Path, mock_backend: MockBackend
+) -> None:
+    # While a reload boots, the serving workers answer 503 (they cannot see the new board);
+    # a reload that fails must lift that, even when its config had no board to fold.
+    gateway = Gateway(tmp_path, mock_backend.port, script=FAILING_BIND)
+    try:
+        gateway.scrape_until(lambda s: True, "the metrics port answers")
+        gateway.send(ROUND)
+        gateway.write_config(extra_route=False, metrics=False)
+        (tmp_path / "fail-bind").touch()  # the new generation's workers cannot listen
+        gateway.proc.popen.send_signal(signal.SIGHUP)
+        gateway.proc.wait_stderr("reload failed: worker", timeout_s=SETTLE_S)
+        gateway.scrape_until(lambda s: exact(s, 1), "scrapes answered after the failed reload")
+    finally:
+        gateway.proc.kill()

@@ -15,12 +15,18 @@ import pytest
 
 from fastgw.auth.context import CustomerContext
 from fastgw.exchange import ABORTED, DONE, Exchange
-from fastgw.limits import ACCESS_LOG_MAX_PENDING_LINES
+from fastgw.limits import (
+    ACCESS_LOG_MAX_PENDING_LINES,
+    ACCESS_LOG_STOP_TIMEOUT_S,
+    TRACE_FLUSH_TIMEOUT_S,
+)
 from fastgw.obs import logging_access
 from fastgw.obs.logging_access import AccessLog
 from fastgw.obs.logging_redact import REDACTED, Redactor
 from fastgw.obs.logging_sink import LogSink
+from fastgw.obs.tracing_export import _SHUTDOWN_MARGIN_S
 from fastgw.plan import RoutePlan
+from fastgw.supervisor import STOP_GRACE_S
 from fastgw.worker_context import WorkerContext
 
 LABELS = ["10.0.0.1:8080", "10.0.0.2:8080"]
@@ -177,3 +183,9 @@ def test_close_gives_up_on_a_stuck_writer_after_the_bound(
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_what_a_worker_does_after_its_drain_fits_in_the_masters_grace() -> None:
+    # docs/observability.md, "The access log": the last access lines, then the trace flush,
+    # both after the drain, before the master's SIGKILL (STOP_GRACE_S past the drain deadline).
+    assert ACCESS_LOG_STOP_TIMEOUT_S + TRACE_FLUSH_TIMEOUT_S + _SHUTDOWN_MARGIN_S < STOP_GRACE_S

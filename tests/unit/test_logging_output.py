@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastgw.config import Config, parse_config
 from fastgw.obs import logging_sink
@@ -140,6 +142,56 @@ def test_secrets_are_scrubbed(tmp_path: Path, text: str, secret: str) -> None:
 )
 def test_ordinary_text_is_left_alone(tmp_path: Path, text: str) -> None:
     assert redactor_for(config(tmp_path)).scrub(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets", "kept"),
+    [
+        ("Authorization: Token abc123secret", ["abc123secret"], "Authorization: "),
+        ("x-api-key: k1 k2", ["k1", "k2"], "x-api-key: "),
+        (
+            'Authorization: Digest username="u", nonce="n", response="6629fae49393a053974509"',
+            ["6629fae49393a053974509", 'nonce="n"'],
+            "Authorization: Digest ",
+        ),
+        ("Proxy-Authorization: Negotiate YIIabc==\nnext", ["YIIabc"], "\nnext"),
+        ("{'authorization': 'Token s3cr3t', 'x': 1}", ["s3cr3t"], "', 'x': 1}"),
+        ('{"X-API-Key": "k1 k2", "y": 2}', ["k1", "k2"], '", "y": 2}'),
+        (
+            '{"authorization": "Digest a=\\"b\\", response=\\"zz9\\"", "y": 2}',
+            ["zz9"],
+            '"Digest [REDACTED]", "y": 2}',
+        ),
+    ],
+)
+def test_the_whole_header_value_is_scrubbed_whatever_its_scheme(
+    text: str, secrets: list[str], kept: str
+) -> None:
+    redactor = Redactor()
+    for scrubbed in (
+        redactor.scrub(text),  # a text line
+        orjson.loads(JsonFormatter(redactor).format(record("%s", text)))["msg"],  # a JSON line
+        orjson.loads(JsonFormatter(redactor).format(record(header=text)))["header"],
+    ):
+        assert REDACTED in scrubbed and kept in scrubbed, scrubbed
+        for secret in secrets:
+            assert secret not in scrubbed, scrubbed
+
+
+def test_a_header_value_given_as_an_extra_field_is_scrubbed_in_both_layouts() -> None:
+    rec = record(authorization="Token abc123secret", x_api_key="k1")
+    json_line = JsonFormatter(Redactor()).format(rec)
+    assert orjson.loads(json_line)["authorization"] == REDACTED
+    text_line = TextFormatter(Redactor()).format(rec)
+    assert "abc123secret" not in text_line and f"authorization={REDACTED}" in text_line
+
+
+@given(st.text(alphabet="ab \"\\'\n:=,}{Authorizaton-Kyx", max_size=60))
+@settings(max_examples=400, deadline=None)
+def test_any_scrubbed_json_line_is_still_json(text: str) -> None:
+    for prefix in ("Authorization: ", "x-api-key=", '{"authorization": "', "'Authorization': '"):
+        line = JsonFormatter(Redactor()).format(record("%s", prefix + text, auth=text))
+        orjson.loads(line)  # raises when a replacement broke an escape or a quote
 
 
 def test_a_scrubbed_json_line_is_still_json() -> None:

@@ -4,6 +4,7 @@ environment variables give it."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from fastgw.listen import free_port
 from fastgw.obs.otlp import OtlpHttpClient, env_headers, resource_attributes, traces_url
 
 BODY = b"\x0a\x00"  # an ExportTraceServiceRequest with one empty ResourceSpans
+IO_TIMEOUT_S = 10.0
 
 
 class Collector(ThreadingHTTPServer):
@@ -47,6 +49,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         if status == 429:
             self.send_header("Retry-After", "0")
+        elif status == 504:
+            self.send_header("Retry-After", "8")  # the longest back-off (MAX_BACKOFF_S)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -118,6 +122,74 @@ def test_after_begin_shutdown_there_is_one_try_and_no_back_off() -> None:
     started = time.monotonic()
     assert not client.send(BODY, 1)
     assert time.monotonic() - started < 1.0
+    client.close()
+
+
+def sending(client: OtlpHttpClient) -> tuple[threading.Thread, dict[str, Any]]:
+    """``client.send(BODY, 1)`` on a thread of its own (the export thread's part)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["sent"] = client.send(BODY, 1)
+        outcome["at_s"] = time.monotonic()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("collector", [[504]], indirect=True)
+def test_begin_shutdown_ends_a_back_off_wait_and_the_batch_gets_its_last_try(
+    collector: Collector,
+) -> None:
+    client = OtlpHttpClient(url(collector), timeout_s=30)
+    thread, outcome = sending(client)
+    deadline_s = time.monotonic() + IO_TIMEOUT_S
+    while not collector.bodies and time.monotonic() < deadline_s:  # the 504: 8 s of back-off
+        time.sleep(0.01)
+    assert collector.bodies == [BODY]
+    shutdown_s = time.monotonic()
+    client.begin_shutdown(shutdown_s + 2.0)
+    thread.join(IO_TIMEOUT_S)
+    # Taken by the try right after the wake-up (well before the 8 s the collector asked for).
+    assert outcome["sent"] is True and outcome["at_s"] - shutdown_s < 2.0
+    assert collector.bodies == [BODY, BODY]
+    assert client.send(BODY, 1)  # and what was queued behind it still goes, within the deadline
+    client.close()
+
+
+def test_the_flush_deadline_cuts_short_a_back_off_begun_before_it(monkeypatch: Any) -> None:
+    backing_off = threading.Event()
+
+    def jitter(low: float, high: float) -> float:
+        backing_off.set()  # drawn right before the wait
+        return 1.5  # a 1.5 s back-off, then 3 s
+
+    monkeypatch.setattr("fastgw.obs.otlp.random.uniform", jitter)
+    client = OtlpHttpClient(f"http://127.0.0.1:{free_port()}/v1/traces", timeout_s=30)
+    thread, outcome = sending(client)
+    assert backing_off.wait(IO_TIMEOUT_S)  # refused at once: waiting out the first back-off
+    shutdown_s = time.monotonic()
+    client.begin_shutdown(shutdown_s + 0.5)
+    thread.join(IO_TIMEOUT_S)
+    assert outcome["sent"] is False and outcome["at_s"] - shutdown_s < 1.0
+    client.close()
+
+
+def test_abort_cuts_a_post_to_a_collector_that_never_answers() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as hung:  # accepts (backlog), never answers
+        client = OtlpHttpClient(f"http://127.0.0.1:{hung.getsockname()[1]}/", timeout_s=30)
+        thread, outcome = sending(client)
+        peer, _ = hung.accept()
+        with peer:  # the try began before the shutdown: its socket timeout is 30 s
+            peer.settimeout(IO_TIMEOUT_S)
+            assert peer.recv(4) == b"POST"  # sent: the sender waits for the answer now
+            client.begin_shutdown(time.monotonic())  # the flush deadline, already reached
+            aborted_s = time.monotonic()
+            client.abort()  # what SpanSink.aclose does at the deadline
+            thread.join(IO_TIMEOUT_S)
+    assert outcome["sent"] is False and outcome["at_s"] - aborted_s < 1.0
+    assert client.failed == 1
     client.close()
 
 

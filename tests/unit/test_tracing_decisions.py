@@ -11,6 +11,8 @@ import pytest
 
 from fastgw._speedups import scan_request_head
 from fastgw.exchange import Exchange
+from fastgw.limits import TRACEPARENT_PASS_MAX_BYTES, TRACESTATE_MAX_BYTES, TRACESTATE_MAX_MEMBERS
+from fastgw.obs import tracing
 from fastgw.obs.traceparent import TraceIds
 from fastgw.obs.tracing import TimedStep
 from fastgw.plan import Plan, RoutePlan
@@ -28,8 +30,9 @@ HEADERS = re.compile(
 def plan_for() -> Iterator[Any]:
     plans: list[Plan] = []
 
-    def build(tracing: dict[str, Any], seed: int = 1) -> Plan:
-        config = make_config([9], {"gateway": {"observability": {"tracing": tracing}}})
+    def build(tracing: dict[str, Any], seed: int = 1, **gateway: Any) -> Plan:
+        extra = {"gateway": {"observability": {"tracing": tracing}, **gateway}}
+        config = make_config([9], extra)
         plan = Plan(config, [], workers=1)
         plan.tracing.ids = TraceIds(seed)
         plans.append(plan)
@@ -44,11 +47,13 @@ def enabled(rate: float) -> dict[str, Any]:
     return {"enabled": True, "endpoint": "http://127.0.0.1:9/v1/traces", "sample_rate": rate}
 
 
-def begin(plan: Plan, *fields: tuple[bytes, bytes], path: bytes = b"/echo/x") -> Exchange:
-    route = plan.router.match(b"GET", path)
+def begin(
+    plan: Plan, *fields: tuple[bytes, bytes], path: bytes = b"/echo/x", method: bytes = b"GET"
+) -> Exchange:
+    route = plan.router.match(method, path)
     assert route is not None
     ex = Exchange(None, 0.0)  # type: ignore[arg-type]
-    ex.method = b"GET"
+    ex.method = method
     ex.path = path
     flat = [part for field in fields for part in field]
     ex.head = scan_request_head([b"Host", b"gw", *flat], frozenset())
@@ -184,3 +189,132 @@ def test_routes_that_do_not_forward_are_not_traced(plan_for):
     for path in (b"/health", b"/ready", b"/health/detailed"):
         route = plan.router.match(b"GET", path)
         assert route is not None and route.begin_trace is None
+
+
+# -- a client's sampled flag: honoured within a budget -----------------------------------------
+
+
+class Clock:
+    """The tracing module's monotonic clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_sampled_parents_are_recorded_at_most_at_the_workers_budget(plan_for, monkeypatch):
+    monkeypatch.setattr(tracing, "TRACE_PARENT_SAMPLED_PER_S", 5.0)
+    clock = Clock()
+    monkeypatch.setattr(tracing, "_clock", clock)
+    plan = plan_for(enabled(0.0))
+    value = f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"
+
+    def recorded(count: int) -> list[Exchange]:
+        exchanges = [begin(plan, parent("01"), (b"tracestate", b"rojo=1")) for _ in range(count)]
+        return [ex for ex in exchanges if ex.trace is not None]
+
+    assert len(recorded(50)) == 5  # the bucket holds one second's worth
+    passed = begin(plan, parent("01"), (b"tracestate", b"rojo=1"))
+    assert passed.trace is None  # past the budget: the client's trace passes through as it came
+    assert passed.trace_headers == f"traceparent: {value}\r\ntracestate: rojo=1\r\n".encode()
+    assert plan.tracing.parent_refused == 46
+    clock.now_s += 0.5  # refilled at 5 a second: two more (and a half)
+    assert len(recorded(10)) == 2
+    clock.now_s += 60.0  # never more than the bucket holds
+    assert len(recorded(50)) == 5
+    # New traces are decided by sample_rate alone, budget or not.
+    assert all(begin(plan).trace is None for _ in range(20))
+
+
+def test_the_budget_does_not_touch_unsampled_or_ratio_sampled_requests(plan_for, monkeypatch):
+    monkeypatch.setattr(tracing, "TRACE_PARENT_SAMPLED_PER_S", 1.0)
+    plan = plan_for(enabled(1.0))
+    assert all(begin(plan).trace is not None for _ in range(20))  # new traces: sample_rate
+    assert all(begin(plan, parent("00")).trace is None for _ in range(20))
+    assert plan.tracing.parent_refused == 0
+
+
+# -- W3C: versions and tracestate bounds -------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", ["00", "01"])
+def test_a_re_parented_later_version_is_sent_as_version_00(plan_for, flags):
+    plan = plan_for(enabled(0.0))
+    value = f"cc-{CLIENT_TRACE}-{CLIENT_PARENT}-{flags}-future-fields".encode()
+    ex = begin(plan, (b"traceparent", value))
+    headers = sent(ex)  # the pattern requires version 00
+    assert headers["trace"] == CLIENT_TRACE and headers["parent"] != CLIENT_PARENT
+    assert headers["flags"] == flags and b"future" not in ex.trace_headers
+
+
+def test_tracing_off_passes_a_later_version_on_as_it_came_within_the_bound(plan_for):
+    plan = plan_for({"enabled": False})
+    value = f"cc-{CLIENT_TRACE}-{CLIENT_PARENT}-01-future-fields"
+    ex = begin(plan, (b"traceparent", value.encode()))
+    assert ex.trace_headers == f"traceparent: {value}\r\n".encode()  # W3C: pass-through
+
+
+def test_tracing_off_re_parents_a_traceparent_too_long_to_pass_on(plan_for):
+    plan = plan_for({"enabled": False})
+    value = f"cc-{CLIENT_TRACE}-{CLIENT_PARENT}-01-" + "f" * TRACEPARENT_PASS_MAX_BYTES
+    ex = begin(plan, (b"traceparent", value.encode()), (b"tracestate", b"rojo=1"))
+    headers = sent(ex)
+    assert headers["trace"] == CLIENT_TRACE and headers["parent"] != CLIENT_PARENT
+    assert headers["flags"] == "01" and headers["state"] == "rojo=1"
+    assert len(ex.trace_headers) < 200
+
+
+def members(count: int, size: int = 8) -> bytes:
+    return b",".join(b"k%02d=%s" % (i, b"v" * (size - 4)) for i in range(count))
+
+
+@pytest.mark.parametrize("tracing_config", [enabled(0.0), enabled(1.0), {"enabled": False}])
+def test_an_oversized_tracestate_is_truncated_by_the_w3c_rule(plan_for, tracing_config):
+    plan = plan_for(tracing_config)
+    for flags in ("00", "01"):
+        ex = begin(plan, parent(flags), (b"tracestate", members(40)))
+        headers = sent(ex)
+        assert headers["trace"] == CLIENT_TRACE and headers["parent"] != CLIENT_PARENT
+        assert headers["state"] == members(32).decode()  # the first 32 entries, whole
+    # Too long: entries over 128 bytes go first (from the end), then entries from the end.
+    long = b"big=" + b"x" * 200
+    state = b",".join([b"a=1", long, b"b=2", long.replace(b"big", b"bag"), b"c=" + b"y" * 120,
+                       b"d=" + b"z" * 120])  # fmt: skip
+    assert len(state) > TRACESTATE_MAX_BYTES
+    ex = begin(plan, parent("00"), (b"tracestate", state))
+    kept = [b"a=1", long, b"b=2", b"c=" + b"y" * 120, b"d=" + b"z" * 120]
+    assert sent(ex)["state"] == b",".join(kept).decode()
+
+
+@pytest.mark.parametrize("tracing_config", [enabled(0.0), {"enabled": False}])
+def test_a_tracestate_within_the_bounds_is_forwarded_unchanged(plan_for, tracing_config):
+    plan = plan_for(tracing_config)
+    state = members(TRACESTATE_MAX_MEMBERS, size=15)  # 32 entries, 511 bytes
+    assert len(state) <= TRACESTATE_MAX_BYTES
+    assert sent(begin(plan, parent("00"), (b"tracestate", state)))["state"] == state.decode()
+
+
+# -- CORS preflights -------------------------------------------------------------------------
+
+
+CORS = {"security": {"cors": {"enabled": True, "allow_origins": ["https://app.example"]}}}
+ORIGIN = (b"Origin", b"https://app.example")
+ASKS = (b"Access-Control-Request-Method", b"POST")
+
+
+@pytest.mark.parametrize("fields", [[], [parent("01")]])
+def test_a_cors_preflight_is_never_sampled(plan_for, fields):
+    plan = plan_for(enabled(1.0), **CORS)
+    for path in (b"/echo/x", b"/echo/private/x"):
+        assert begin(plan, *fields, ORIGIN, ASKS, path=path, method=b"OPTIONS").trace is None
+        # Any other request on the same routes still is, OPTIONS without a preflight's fields too.
+        assert begin(plan, *fields, ORIGIN, path=path, method=b"OPTIONS").trace is not None
+        assert begin(plan, *fields, ORIGIN, ASKS, path=path).trace is not None
+    assert plan.tracing.parent_refused == 0  # a preflight takes nothing from the budget
+
+
+def test_without_cors_an_options_request_with_those_fields_is_forwarded_and_sampled(plan_for):
+    plan = plan_for(enabled(1.0))
+    assert begin(plan, ORIGIN, ASKS, method=b"OPTIONS").trace is not None
