@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from typing import Final
@@ -49,6 +48,7 @@ from typing import Final
 from redis.commands.core import AsyncScript
 
 from fastgw.config.gateway import RedisConfig
+from fastgw.obs.logging_errors import ThrottledLog
 from fastgw.redis_connect import (
     BACKGROUND_TIMEOUT_FLOOR_S,
     async_client,
@@ -129,7 +129,7 @@ class BanSync:
     ``start()`` begins the background task on the running loop; ``await aclose()`` stops it
     and closes its Redis client."""
 
-    __slots__ = ("_board", "_config", "_failing", "_last_error_log", "_last_id", "_origin",
+    __slots__ = ("_board", "_config", "_errors", "_failing", "_last_id", "_origin",
                  "_task", "_where", "pulled", "pushed")  # fmt: skip
 
     def __init__(self, board: BanBoard, redis: RedisConfig) -> None:
@@ -141,7 +141,7 @@ class BanSync:
         self._last_id: bytes | None = None  # None: resync first
         self._task: asyncio.Task[None] | None = None
         self._failing = False
-        self._last_error_log = -math.inf
+        self._errors = ThrottledLog(log, ERROR_LOG_INTERVAL_S)
         self.pushed = 0  # events written to Redis (for tests and the logs)
         self.pulled = 0  # other instances' events applied
 
@@ -259,15 +259,15 @@ class BanSync:
 
     def _failed(self, error: Exception) -> None:
         self._failing = True
-        now = time.monotonic()
-        if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
-            self._last_error_log = now
-            log.warning(
+        if self._errors.due():
+            self._errors.log(
+                logging.WARNING,
                 "shared bans: Redis at %s failed (%s: %s); local bans still apply, sharing "
                 "resumes when it answers",
                 self._where,
                 type(error).__name__,
                 error,
+                extra={},
             )
 
 

@@ -39,6 +39,20 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def fetch(
+    port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """One request on a new connection (new connections spread over the workers): its
+    status and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=IO_TIMEOUT_S)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
 def wait_until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

@@ -4,7 +4,6 @@ operator's lift on the other gateway's admin port lifts it on every worker of bo
 
 from __future__ import annotations
 
-import http.client
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fastgw.listen import free_port
-from tests.integration.conftest import IO_TIMEOUT_S, MockBackend, Proc, wait_until
+from tests.integration.conftest import MockBackend, Proc, fetch, wait_until
 from tests.support.redis_server import RedisServer
 
 THRESHOLD = 3
@@ -47,14 +46,7 @@ class Instance:
 
 
 def status(port: int, headers: dict[str, str]) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=IO_TIMEOUT_S)
-    try:
-        conn.request("GET", "/echo/x", headers=headers)
-        reply = conn.getresponse()
-        reply.read()
-        return reply.status
-    finally:
-        conn.close()
+    return fetch(port, "/echo/x", headers=headers)[0]
 
 
 DEV = {"Authorization": "Bearer dev_customer_acme"}
@@ -102,12 +94,6 @@ def test_a_ban_earned_on_one_gateway_holds_on_every_worker_of_both_and_lifts_eve
             break
     wait_until(lambda: every_worker_answers(instances, 403), SHARED_WITHIN_S, "ban everywhere")
 
-    conn = http.client.HTTPConnection("127.0.0.1", west.admin_port, timeout=IO_TIMEOUT_S)
-    try:
-        conn.request("POST", "/admin/bans/lift?ip=127.0.0.1")
-        reply = conn.getresponse()
-        assert reply.status == 200, reply.read()
-        reply.read()
-    finally:
-        conn.close()
+    lifted = fetch(west.admin_port, "/admin/bans/lift?ip=127.0.0.1", method="POST")
+    assert lifted[0] == 200, lifted
     wait_until(lambda: every_worker_answers(instances, 200), SHARED_WITHIN_S, "lift everywhere")

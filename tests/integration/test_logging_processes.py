@@ -5,7 +5,6 @@ kind; a logrotate-style rename is followed without a signal; a reload switches t
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from tests.integration.conftest import (
     Gateway,
     MockBackend,
     Proc,
+    fetch,
     gateway_config,
     subprocess_env,
     wait_until,
@@ -66,14 +66,7 @@ def secrets() -> dict[str, str]:
 
 def send(port: int, path: str, headers: dict[str, str] | None = None) -> int:
     """One request on a new connection (new connections spread over both workers)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=IO_TIMEOUT_S)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        reply = conn.getresponse()
-        reply.read()
-        return reply.status
-    finally:
-        conn.close()
+    return fetch(port, path, headers=headers)[0]
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:

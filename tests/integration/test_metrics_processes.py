@@ -18,7 +18,6 @@ What is checked, exactly:
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import os
@@ -36,7 +35,14 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastgw.listen import free_port
-from tests.integration.conftest import IO_TIMEOUT_S, MockBackend, Proc, child_pids, wait_until
+from tests.integration.conftest import (
+    IO_TIMEOUT_S,
+    MockBackend,
+    Proc,
+    child_pids,
+    fetch,
+    wait_until,
+)
 from tests.integration.test_process_model import FAILING_BIND
 
 pytestmark = pytest.mark.timeout(90)
@@ -92,19 +98,13 @@ class Gateway:
 
     def get(self, path: str) -> tuple[int, str]:
         """One request on a new connection: its status and the serving worker's id prefix."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=IO_TIMEOUT_S)
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            body = response.read()
-        finally:
-            conn.close()
+        status, body = fetch(self.port, path)
         data = json.loads(body)
         if "error" in data:
             request_id = data["error"]["request_id"]
         else:
             request_id = dict(data["headers"])["X-Request-ID"]
-        return response.status, request_id.rsplit("-", 1)[0]
+        return status, request_id.rsplit("-", 1)[0]
 
     def send(self, traffic: list[tuple[str, int, str]]) -> set[str]:
         """Send every request (each on a new connection, from several threads); the workers
@@ -116,18 +116,13 @@ class Gateway:
 
     def scrape(self) -> Samples | None:
         """``GET /metrics``, parsed; None for a 503 (a reload's old worker) or no answer."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=IO_TIMEOUT_S)
         try:
-            conn.request("GET", "/metrics")
-            response = conn.getresponse()
-            body = response.read()
+            status, body = fetch(self.admin_port, "/metrics")
         except OSError:
             return None
-        finally:
-            conn.close()
-        if response.status == 503:
+        if status == 503:
             return None
-        assert response.status == 200, (response.status, body)
+        assert status == 200, (status, body)
         return {
             (sample.name, frozenset(sample.labels.items())): sample.value
             for family in text_string_to_metric_families(body.decode())

@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.support.blocking_client import NoResponse, Response, http_request, read_response
+from tests.support.blocking_client import (
+    Response,
+    get_with_stale_retry,
+    http_request,
+    read_response,
+)
 
 if TYPE_CHECKING:
     from conftest import Gateway, MockBackend
@@ -139,11 +144,14 @@ class LoadResult:
 
 
 def load_loop(port: int, keep_alive: bool, stop: threading.Event, result: LoadResult) -> None:
-    """Requests back to back. A request sent on a *reused* keep-alive connection that gets no
-    byte back is retried once on a new connection: the standard client rule for an idempotent
-    request on a connection the server may close while idle (RFC 9112 section 9.3.1). Any other
-    error, on a new connection above all, is a failure."""
+    """Requests back to back (``get_with_stale_retry``: a reused keep-alive connection that
+    gets no byte back is retried once on a new one). Any other error is a failure."""
     sock: socket.socket | None = None
+
+    def stale() -> None:
+        with result.lock:
+            result.stale_retries += 1
+
     while not stop.is_set():
         reused = sock is not None
         try:
@@ -151,18 +159,9 @@ def load_loop(port: int, keep_alive: bool, stop: threading.Event, result: LoadRe
                 sock = connect(port)
                 with result.lock:
                     result.new_connections += 1
-            try:
-                reply = http_request(sock, "GET", "/echo/load")
-            except NoResponse:
-                if not reused:
-                    raise
-                sock.close()
-                sock = None
-                with result.lock:
-                    result.stale_retries += 1
-                reused = False  # the retry goes out on a new connection: no excuse any more
-                sock = connect(port)
-                reply = http_request(sock, "GET", "/echo/load")
+            sock, reply = get_with_stale_retry(
+                sock, reused, lambda: connect(port), "/echo/load", stale
+            )
             with result.lock:
                 result.sent += 1
                 if reply.status == 200:

@@ -36,7 +36,7 @@ from tests.integration.conftest import (
     subprocess_env,
     wait_until,
 )
-from tests.support.blocking_client import NoResponse, http_request
+from tests.support.blocking_client import get_with_stale_retry, http_request
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -166,23 +166,16 @@ def load_loop(
             load.certs[der or b""] += 1
         return new
 
+    def stale() -> None:
+        with load.lock:
+            load.stale_retries += 1
+
     while not stop.is_set():
         reused = sock is not None
         try:
             if sock is None:
                 sock = fresh()
-            try:
-                reply = http_request(sock, "GET", "/echo/load")
-            except NoResponse:
-                if not reused:
-                    raise
-                sock.close()
-                sock = None
-                with load.lock:
-                    load.stale_retries += 1
-                reused = False
-                sock = fresh()
-                reply = http_request(sock, "GET", "/echo/load")
+            sock, reply = get_with_stale_retry(sock, reused, fresh, "/echo/load", stale)
             with load.lock:
                 load.sent += 1
                 if reply.status == 200:

@@ -5,7 +5,6 @@ traced request arrives even when the gateway stops well within the export schedu
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
 import sys
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from fastgw.listen import free_port
-from tests.integration.conftest import IO_TIMEOUT_S, MockBackend, Proc
+from tests.integration.conftest import MockBackend, Proc, fetch
 from tests.support.otlp_receiver import ThreadedOtlpReceiver
 
 pytestmark = pytest.mark.timeout(90)
@@ -29,15 +28,9 @@ SETTLE_S = 10.0
 
 def get(port: int, path: str) -> tuple[int, str]:
     """One request on a new connection: its status and the trace id its backend received."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=IO_TIMEOUT_S)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
+    status, body = fetch(port, path)
     headers = dict(json.loads(body)["headers"])
-    return response.status, headers["traceparent"].split("-")[1]
+    return status, headers["traceparent"].split("-")[1]
 
 
 def test_every_worker_exports_and_flushes_when_stopped(

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 # What a dying or refusing server looks like to a blocking client, plain or TLS.
 LOST: tuple[type[Exception], ...] = (BrokenPipeError, ConnectionResetError, ssl.SSLError)
+
+
+S = TypeVar("S", bound=socket.socket)
 
 
 class NoResponse(Exception):
@@ -34,6 +39,28 @@ def http_request(sock: socket.socket, method: str, path: str) -> Response:
     except LOST as error:
         raise NoResponse(f"send: {error}") from None
     return read_response(sock)
+
+
+def get_with_stale_retry(
+    sock: S, reused: bool, connect: Callable[[], S], path: str, on_stale: Callable[[], None]
+) -> tuple[S, Response]:
+    """GET ``path`` on ``sock``. When ``sock`` is a *reused* keep-alive connection that gets no
+    byte back, it is closed and the request goes once more on a new one: the standard client
+    rule for an idempotent request on a connection the server may close while idle (RFC 9112
+    section 9.3.1); ``on_stale`` is told. Returns the connection the answer came on."""
+    try:
+        return sock, http_request(sock, "GET", path)
+    except NoResponse:
+        if not reused:
+            raise
+    sock.close()
+    on_stale()
+    fresh = connect()
+    try:
+        return fresh, http_request(fresh, "GET", path)
+    except BaseException:
+        fresh.close()
+        raise
 
 
 def read_response(sock: socket.socket) -> Response:
